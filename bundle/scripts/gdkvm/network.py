@@ -1,0 +1,285 @@
+"""GDKVM: recurrent echo video segmentation with a gated-delta linear key-value memory (paper section 3).
+
+Per frame t (``step``):
+
+1. key encoder (ResNet to stride 16) on the grey frame -> f4, f8, f16;
+2. key projection + KPFF -> unit-norm key ``k_t`` ``[B, Ck, h, w]`` and pixel feature ``[B, Cp, h, w]``;
+3. value encoder (ResNet-18) on ``[frame, previous mask of object n, previous mask of the other objects]``, fused
+   with the key encoder's f16 feature (as the official code's mask encoder) -> value ``V_t`` ``[B, N, Cv, h, w]``;
+   at t = 0 the previous mask is empty, so no ground truth ever enters the network;
+4. memory write ``S_t = update(S_{t-1}, K_t, V_t)`` with the configured rule (memory.py, Eq. 3-5);
+5. read-out ``O_t = S_t k_t`` per pixel, decoded with skips from f8 and f4 into one logit map per object;
+6. the objects' probabilities are aggregated into K class logits (background + N = K - 1 objects).
+
+``forward(video [B, 1, H, W, T]) -> [B, K, H, W, T]`` is ``step`` in a loop. Frames of any H, W are padded to a
+multiple of 16 inside and cropped back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .decoder import MaskDecoder, ValueFuser
+from .encoders import build_resnet_trunk, load_imagenet_weights, run_trunk, trunk_channels
+from .kpff import KeyProjection
+from .memory import UPDATE_RULES, LinearKeyValueMemory, read_memory, tokens_from_map
+
+# Sizes: "base" follows the paper (ResNet-50 key encoder, ResNet-18 value encoder, key 64, value 256).
+SIZES: dict[str, dict] = {
+    "base": {
+        "key_backbone": "resnet50",
+        "value_backbone": "resnet18",
+        "backbone_width": 1.0,
+        "key_dim": 64,
+        "value_dim": 256,
+        "pixel_dim": 256,
+        "num_heads": 8,
+        "decoder_dims": (256, 128, 128),
+        "refine_blocks": 8,
+    },
+    "small": {
+        "key_backbone": "resnet18",
+        "value_backbone": "resnet18",
+        "backbone_width": 0.5,
+        "key_dim": 32,
+        "value_dim": 128,
+        "pixel_dim": 128,
+        "num_heads": 4,
+        "decoder_dims": (128, 64, 32),
+        "refine_blocks": 0,
+    },
+}
+
+# ImageNet mean/std of the RGB channels averaged to grey.
+GREY_MEAN = 0.449
+GREY_STD = 0.226
+STRIDE = 16
+
+
+class GDKVMState(NamedTuple):
+    """Recurrent state carried between frames; its size does not depend on how many frames were seen.
+
+    Attributes:
+        memory: the LKVA matrices S, ``[B, N, Cv, Ck]``.
+        prev_prob: the previous frame's object probabilities at padded input size, ``[B, N, Hp, Wp]``.
+    """
+
+    memory: torch.Tensor
+    prev_prob: torch.Tensor
+
+
+class GDKVM(nn.Module):
+    """GDKVM network.
+
+    Args:
+        size: ``"base"`` (paper) or ``"small"`` (CPU-friendly); the defaults of the keywords below.
+        out_channels: K classes including background (2: LV only; 4: LV, myocardium, left atrium).
+        update_rule: ``additive``, ``delta``, ``delta_beta``, ``decay_alpha`` or ``gated_delta`` (Table 4).
+        kpff: use Key-Pixel Feature Fusion (Table 3).
+        in_channels: input channels (1, grey).
+        key_backbone, value_backbone, backbone_width, key_dim, value_dim, pixel_dim, num_heads, decoder_dims,
+        refine_blocks: override the size's values.
+        key_encoder_weights, value_encoder_weights: optional local files with torchvision ImageNet ResNet state
+            dicts (never downloaded); only for ``backbone_width=1``.
+    """
+
+    def __init__(
+        self,
+        size: str = "base",
+        out_channels: int = 2,
+        update_rule: str = "gated_delta",
+        kpff: bool = True,
+        in_channels: int = 1,
+        key_backbone: str | None = None,
+        value_backbone: str | None = None,
+        backbone_width: float | None = None,
+        key_dim: int | None = None,
+        value_dim: int | None = None,
+        pixel_dim: int | None = None,
+        num_heads: int | None = None,
+        decoder_dims: tuple[int, int, int] | list[int] | None = None,
+        refine_blocks: int | None = None,
+        key_encoder_weights: str | None = None,
+        value_encoder_weights: str | None = None,
+    ) -> None:
+        super().__init__()
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
+        if out_channels < 2:
+            raise ValueError(f"out_channels must be >= 2 (background + objects), got {out_channels}")
+        if update_rule not in UPDATE_RULES:
+            raise ValueError(f"unknown update_rule {update_rule!r}; expected one of {UPDATE_RULES}")
+        if in_channels != 1:
+            raise ValueError(f"GDKVM takes grey cine loops (in_channels=1), got in_channels={in_channels}")
+        cfg = dict(SIZES[size])
+        overrides = {
+            "key_backbone": key_backbone,
+            "value_backbone": value_backbone,
+            "backbone_width": backbone_width,
+            "key_dim": key_dim,
+            "value_dim": value_dim,
+            "pixel_dim": pixel_dim,
+            "num_heads": num_heads,
+            "decoder_dims": decoder_dims,
+            "refine_blocks": refine_blocks,
+        }
+        cfg.update({k: v for k, v in overrides.items() if v is not None})
+        self.size = size
+        self.config = cfg
+        self.out_channels = out_channels
+        self.num_objects = out_channels - 1
+        self.update_rule = update_rule
+        self.kpff = kpff
+        self.key_dim = int(cfg["key_dim"])
+        self.value_dim = int(cfg["value_dim"])
+
+        self.key_encoder = build_resnet_trunk(cfg["key_backbone"], in_channels=1, width=cfg["backbone_width"])
+        # Value encoder input: frame, this object's previous mask, the other objects' previous masks.
+        self.value_encoder = build_resnet_trunk(cfg["value_backbone"], in_channels=3, width=cfg["backbone_width"])
+        c4, c8, c16 = trunk_channels(self.key_encoder)
+        value_c16 = trunk_channels(self.value_encoder)[2]
+        self.key_projection = KeyProjection(c16, self.key_dim, cfg["pixel_dim"], kpff=kpff)
+        self.value_fuser = ValueFuser(value_c16, c16, self.value_dim)
+        self.memory = LinearKeyValueMemory(self.value_dim, cfg["num_heads"], update_rule)
+        self.decoder = MaskDecoder(
+            self.value_dim, cfg["pixel_dim"], (c8, c4), tuple(cfg["decoder_dims"]), refine_blocks=cfg["refine_blocks"]
+        )
+        if key_encoder_weights:
+            load_imagenet_weights(self.key_encoder, key_encoder_weights)
+        if value_encoder_weights:
+            load_imagenet_weights(self.value_encoder, value_encoder_weights)
+
+    # ------------------------------------------------------------------ streaming API
+    def init_state(
+        self, batch_size: int, height: int, width: int, device: torch.device | str | None = None, dtype=None
+    ) -> GDKVMState:
+        """An empty state for a stream of ``[batch_size, 1, height, width]`` frames (empty memory, empty mask)."""
+        device = device if device is not None else next(self.parameters()).device
+        dtype = dtype if dtype is not None else next(self.parameters()).dtype
+        hp, wp = _padded_size(height, width)
+        memory = torch.zeros(batch_size, self.num_objects, self.value_dim, self.key_dim, device=device, dtype=dtype)
+        prev_prob = torch.zeros(batch_size, self.num_objects, hp, wp, device=device, dtype=dtype)
+        return GDKVMState(memory, prev_prob)
+
+    def step(self, frame_B1HW: torch.Tensor, state: GDKVMState | None = None) -> tuple[torch.Tensor, GDKVMState]:
+        """Segment one frame of a stream.
+
+        Args:
+            frame_B1HW: ``[B, 1, H, W]`` float in [0, 1].
+            state: the state returned by the previous call, or None (or :meth:`init_state`) for the first frame.
+
+        Returns:
+            ``(logits [B, K, H, W], new state)``.
+        """
+        if frame_B1HW.ndim != 4 or frame_B1HW.shape[1] != 1:
+            raise ValueError(f"step expects a frame of shape [B, 1, H, W], got {tuple(frame_B1HW.shape)}")
+        height, width = frame_B1HW.shape[-2:]
+        if state is None:
+            state = self.init_state(frame_B1HW.shape[0], height, width, frame_B1HW.device, frame_B1HW.dtype)
+        logits, memory, prev_prob = self._step_padded(_pad_frame(frame_B1HW), state.memory, state.prev_prob)
+        return logits[..., :height, :width], GDKVMState(memory, prev_prob)
+
+    def forward(self, video_B1HWT: torch.Tensor) -> torch.Tensor:
+        """Segment a cine loop frame by frame.
+
+        Args:
+            video_B1HWT: ``[B, 1, H, W, T]`` float in [0, 1], any H, W and T >= 1.
+
+        Returns:
+            logits ``[B, K, H, W, T]``.
+        """
+        if video_B1HWT.ndim != 5 or video_B1HWT.shape[1] != 1:
+            raise ValueError(f"GDKVM expects a video of shape [B, 1, H, W, T], got {tuple(video_B1HWT.shape)}")
+        if video_B1HWT.shape[-1] < 1:
+            raise ValueError("GDKVM needs at least one frame (T >= 1)")
+        height, width = video_B1HWT.shape[2], video_B1HWT.shape[3]
+        state = self.init_state(video_B1HWT.shape[0], height, width, video_B1HWT.device, video_B1HWT.dtype)
+        memory, prev_prob = state.memory, state.prev_prob
+        outputs = []
+        for t in range(video_B1HWT.shape[-1]):
+            logits, memory, prev_prob = self._step_padded(_pad_frame(video_B1HWT[..., t]), memory, prev_prob)
+            outputs.append(logits[..., :height, :width])
+        return torch.stack(outputs, dim=-1)
+
+    # ------------------------------------------------------------------ internals
+    def encode_key(self, frame_B1HW: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Key path of one padded frame: ``key [B, Ck, h, w]`` (unit norm), ``pixel``, ``f8``, ``f4``."""
+        f4, f8, f16 = run_trunk(self.key_encoder, (frame_B1HW - GREY_MEAN) / GREY_STD)
+        key, pixel = self.key_projection(f16)
+        return {"key": key, "pixel": pixel, "f16": f16, "f8": f8, "f4": f4}
+
+    def encode_value(self, frame_B1HW: torch.Tensor, prev_prob_BNHW: torch.Tensor, f16: torch.Tensor) -> torch.Tensor:
+        """Value of each object, ``[B, N, Cv, h, w]``, from the frame, the previous masks and the key encoder's f16."""
+        b, n = prev_prob_BNHW.shape[:2]
+        others = prev_prob_BNHW.sum(dim=1, keepdim=True) - prev_prob_BNHW
+        image = ((frame_B1HW - GREY_MEAN) / GREY_STD).unsqueeze(1).expand(b, n, 1, *frame_B1HW.shape[-2:])
+        inputs = torch.cat([image, prev_prob_BNHW.unsqueeze(2), others.unsqueeze(2)], dim=2).flatten(0, 1)
+        value_feature = run_trunk(self.value_encoder, inputs)[2]
+        image_feature = f16.unsqueeze(1).expand(b, n, *f16.shape[1:]).flatten(0, 1)
+        value = self.value_fuser(value_feature, image_feature)
+        return value.unflatten(0, (b, n))
+
+    def _step_padded(
+        self, frame_B1HW: torch.Tensor, memory_BNVK: torch.Tensor, prev_prob_BNHW: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One frame whose H, W are multiples of 16. Returns ``(logits [B, K, H, W], memory, prob [B, N, H, W])``."""
+        b, n = prev_prob_BNHW.shape[:2]
+        key_out = self.encode_key(frame_B1HW)
+        key, pixel = key_out["key"], key_out["pixel"]
+        value = self.encode_value(frame_B1HW, prev_prob_BNHW, key_out["f16"])
+        new_memory, _ = self.memory(memory_BNVK, tokens_from_map(key), tokens_from_map(value))
+        h, w = key.shape[-2:]
+        readout = read_memory(new_memory, key.flatten(2)).unflatten(-1, (h, w)).flatten(0, 1)
+
+        def per_object(x: torch.Tensor) -> torch.Tensor:
+            return x.unsqueeze(1).expand(b, n, *x.shape[1:]).flatten(0, 1)
+
+        object_logits = self.decoder(readout, per_object(pixel), per_object(key_out["f8"]), per_object(key_out["f4"]))
+        object_logits = F.interpolate(object_logits, size=frame_B1HW.shape[-2:], mode="bilinear", align_corners=False)
+        logits = aggregate_objects(object_logits.view(b, n, *frame_B1HW.shape[-2:]))
+        prob = torch.softmax(logits, dim=1)[:, 1:]
+        return logits, new_memory, prob
+
+    def memory_gates(self, state: GDKVMState) -> dict[str, torch.Tensor]:
+        """alpha_t and beta_t that the next write would use (``[B, N, Cv, Ck]`` each); empty for gate-free rules."""
+        if self.memory.gates is None:
+            return {}
+        alpha, beta = self.memory.gates(state.memory)
+        return {"alpha": alpha, "beta": beta}
+
+    def load_encoder_weights(self, key_path: str | Path | None = None, value_path: str | Path | None = None) -> None:
+        """Load torchvision ImageNet ResNet weights from local files into the key and/or value encoder."""
+        if key_path:
+            load_imagenet_weights(self.key_encoder, key_path)
+        if value_path:
+            load_imagenet_weights(self.value_encoder, value_path)
+
+
+def aggregate_objects(object_logits_BNHW: torch.Tensor) -> torch.Tensor:
+    """Soft aggregation of N independent object logits into K = N + 1 class logits (as in STM/XMem/Cutie).
+
+    ``p_bg = prod(1 - p_n)``; class logits are ``logit(clamp(p))`` so that a softmax over classes is a normalised
+    distribution. Shapes: ``[B, N, H, W] -> [B, N + 1, H, W]``.
+    """
+    prob = torch.sigmoid(object_logits_BNHW)
+    background = torch.prod(1.0 - prob, dim=1, keepdim=True)
+    probs = torch.cat([background, prob], dim=1).clamp(1e-7, 1.0 - 1e-7)
+    return torch.log(probs / (1.0 - probs))
+
+
+def _padded_size(height: int, width: int) -> tuple[int, int]:
+    return (height + STRIDE - 1) // STRIDE * STRIDE, (width + STRIDE - 1) // STRIDE * STRIDE
+
+
+def _pad_frame(frame_B1HW: torch.Tensor) -> torch.Tensor:
+    """Zero-pad (black, as outside the scan sector) at the bottom/right to multiples of 16."""
+    height, width = frame_B1HW.shape[-2:]
+    hp, wp = _padded_size(height, width)
+    if (hp, wp) == (height, width):
+        return frame_B1HW
+    return F.pad(frame_B1HW, (0, wp - width, 0, hp - height))
