@@ -275,7 +275,7 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float
             import nibabel as nib
 
             img = nib.load(str(path))
-            data = np.asanyarray(img.dataobj)
+            data = np.asanyarray(img.dataobj).reshape(img.shape)  # keeps (x, y, 0) for an empty series
             zooms = tuple(float(z) for z in img.header.get_zooms())
             if data.ndim == 4 and data.shape[2] == 1:  # x, y, 1, t
                 data, zooms = data[:, :, 0], (zooms[0], zooms[1], zooms[3])
@@ -338,11 +338,14 @@ def load_cine(path: str | Path, crop_to_region: bool = True) -> tuple[np.ndarray
 
 
 def to_meta_tensor(array: np.ndarray | torch.Tensor, meta: Mapping[str, Any]) -> MetaTensor:
-    """Wrap ``[H, W, T]`` (adds the channel) or ``[C, H, W, T]`` as a MetaTensor with the contract's affine."""
+    """Wrap ``[H, W, T]`` (adds the channel) or ``[C, H, W, T]`` as a MetaTensor with the contract's affine.
+
+    ``meta`` entries become MetaTensor metadata (``affine`` is rebuilt from ``spacing``; None values are dropped).
+    """
     t = torch.as_tensor(np.ascontiguousarray(array) if isinstance(array, np.ndarray) else array)
     if t.ndim == 3:
         t = t[None]
-    m = {k: v for k, v in meta.items() if k != "affine"}
+    m = {k: v for k, v in meta.items() if k != "affine" and v is not None}  # None does not collate
     return MetaTensor(t, affine=torch.as_tensor(cine_affine(meta["spacing"]), dtype=torch.float64), meta=m)
 
 
