@@ -29,3 +29,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) bundle/data bundle/eval
+
+# Synthetic echo data (CAMUS NIfTI layout) into bundle/data/synthetic; override e.g. SYNTHETIC_PATIENTS=10.
+SYNTHETIC_PATIENTS ?= 50
+SYNTHETIC_SEED ?= 0
+synthetic: $(STAMP)
+	cd bundle && $(abspath $(PY)) -m scripts.synthetic --out data/synthetic --patients $(SYNTHETIC_PATIENTS) --seed $(SYNTHETIC_SEED)

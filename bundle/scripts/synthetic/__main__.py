@@ -1,0 +1,52 @@
+"""Command line: ``python -m scripts.synthetic --out DIR --patients N --seed S [--layout camus|echonet|both]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .writers import write_camus_dataset, write_echonet_dataset
+
+LAYOUTS = ("camus", "echonet", "both")
+
+
+def main(
+    out: str,
+    patients: int = 20,
+    seed: int = 0,
+    layout: str = "camus",
+    size: int = 256,
+    min_frames: int = 10,
+    max_frames: int = 22,
+    videos: int | None = None,
+    reverse_fraction: float = 0.2,
+) -> str:
+    """Write a synthetic data set.
+
+    Args:
+        out: output folder (CAMUS files go to ``out`` for ``camus``; ``out/camus`` and ``out/echonet`` for ``both``).
+        patients: number of CAMUS patients (two views each), and of EchoNet videos unless ``videos`` is given.
+        seed: random seed; the same seed writes the same files.
+        layout: ``camus``, ``echonet`` or ``both``.
+        size: CAMUS image size (square); EchoNet videos are always 112x112.
+        min_frames, max_frames: range of the CAMUS half-sequence length.
+        videos: number of EchoNet videos (default: ``patients``).
+        reverse_fraction: fraction of CAMUS half sequences stored ES..ED.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if not isinstance(patients, int) or patients <= 0:
+        raise ValueError(f"patients must be a positive integer, got {patients!r}")
+    root = Path(out)
+    if layout in ("camus", "both"):
+        dest = root / "camus" if layout == "both" else root
+        write_camus_dataset(dest, patients, seed, size, (min_frames, max_frames), reverse_fraction, progress=True)
+    if layout in ("echonet", "both"):
+        dest = root / "echonet" if layout == "both" else root
+        write_echonet_dataset(dest, patients if videos is None else videos, seed, progress=True)
+    return str(root)
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,0 +1,178 @@
+"""Image formation: speckle that moves with the tissue, beam-domain PSF, attenuation/TGC, log compression, scan
+conversion into the sector. Works frame by frame on a polar (beam) grid, then scan-converts to ``size x size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .anatomy import regions, valve_lines, wall_normals
+from .phantom import FrameGeometry, Phantom, frame_geometry, reference_coords, to_lv_frame
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """Random acquisition settings of one sequence (amplitudes linear, gains in dB)."""
+
+    dynamic_range: float
+    gamma: float
+    gain_db: float
+    attenuation_db: float  # net depth loss left after TGC, at full depth
+    tgc_db: tuple[float, ...]  # TGC ripple at equally spaced depths
+    lateral_db: tuple[float, ...]  # lateral gain ripple across the sector
+    blood: float
+    background: float
+    myocardium: float
+    pericardium: float
+    specular_floor: float
+    specular_power: float
+    dropout_db: float
+    dropout_angle: float  # fraction of the half-angle, signed
+    shadow_db: float
+    shadow_angle: float
+    haze: float
+    apex_clutter: float
+    noise: float
+    psf_axial_mm: float
+    psf_lateral_deg: float
+
+
+def sample_appearance(rng: np.random.Generator) -> Appearance:
+    """Draw acquisition settings: contrast, gamma, gain/TGC, clutter, dropout, PSF size."""
+    return Appearance(
+        dynamic_range=rng.uniform(42.0, 58.0),
+        gamma=rng.uniform(1.1, 1.7),
+        gain_db=rng.uniform(-3.0, 3.0),
+        attenuation_db=rng.uniform(4.0, 14.0),
+        tgc_db=tuple(rng.uniform(-2.5, 2.5, 5)),
+        lateral_db=tuple(rng.uniform(-2.0, 2.0, 4)),
+        blood=rng.uniform(0.012, 0.03),
+        background=rng.uniform(0.18, 0.35),
+        myocardium=rng.uniform(0.7, 1.0),
+        pericardium=rng.uniform(1.6, 2.6),
+        specular_floor=rng.uniform(0.35, 0.6),
+        specular_power=rng.uniform(1.0, 2.5),
+        dropout_db=rng.uniform(0.0, 10.0) if rng.random() < 0.6 else 0.0,
+        dropout_angle=rng.uniform(0.2, 0.7) * rng.choice([-1.0, 1.0]),
+        shadow_db=rng.uniform(6.0, 14.0) if rng.random() < 0.3 else 0.0,
+        shadow_angle=rng.uniform(-0.9, 0.9),
+        haze=rng.uniform(0.15, 0.5),
+        apex_clutter=rng.uniform(0.03, 0.15),
+        noise=rng.uniform(0.003, 0.01),
+        psf_axial_mm=rng.uniform(0.45, 0.7),
+        psf_lateral_deg=rng.uniform(0.7, 1.1),
+    )
+
+
+class Renderer:
+    """Renders frames of one phantom at ``size x size`` pixels; all per-sequence set-up is done once here.
+
+    Call :meth:`frame` with a contraction state to get ``(image [H, W] float32 in [0, 1], label [H, W] uint8)``.
+    """
+
+    def __init__(self, ph: Phantom, app: Appearance, size: int, rng: np.random.Generator) -> None:
+        self.ph, self.app, self.size, self.rng = ph, app, size, rng
+        self.four = ph.view == "4CH"
+        self.spacing = ph.fov / size
+        self.g_ref = frame_geometry(ph, 0.0)
+        # Polar (beam) grid: rows = depth samples, columns = beams.
+        n_r, n_t = max(size, 192), max(int(0.9 * size), 160)
+        self.dr = ph.depth / n_r
+        self.dt = 2.0 * ph.half_angle / n_t
+        r = (np.arange(n_r) + 0.5) * self.dr
+        th = -ph.half_angle + (np.arange(n_t) + 0.5) * self.dt
+        R, TH = np.meshgrid(r, th, indexing="ij")
+        px, pz = R * np.sin(TH), R * np.cos(TH)
+        self.pu, self.pv = to_lv_frame(ph, px, pz)
+        # beam direction in the LV frame (unit, pointing away from the probe)
+        bu, bv = to_lv_frame(ph, ph.apex_x + np.sin(TH), ph.apex_z + np.cos(TH))
+        self.bu, self.bv = bu, bv
+        self.R = R
+        # Gain map (dB) on the polar grid: net attenuation, TGC and lateral ripple, edge fade, dropout, shadow.
+        rel = R / ph.depth
+        ang = TH / ph.half_angle
+        gain = app.gain_db - app.attenuation_db * rel
+        gain += np.interp(rel, np.linspace(0, 1, len(app.tgc_db)), app.tgc_db)
+        gain += np.interp(ang, np.linspace(-1, 1, len(app.lateral_db)), app.lateral_db)
+        gain -= 10.0 * np.abs(ang) ** 8
+        gain -= app.dropout_db * np.exp(-(((ang - app.dropout_angle) / 0.15) ** 2) - ((rel - 0.45) / 0.2) ** 2)
+        gain -= app.shadow_db * np.exp(-(((ang - app.shadow_angle) / 0.08) ** 2)) * (rel > 0.12)
+        self.gain = (10.0 ** (gain / 20.0)).astype(np.float32)
+        # Speckle: complex scatterer field fixed to the tissue (material coordinates of the ED frame, LV frame).
+        self.grid = 0.5 * min(self.dr, ph.depth * self.dt)
+        self.grid = max(self.grid, 0.2)
+        margin = 25.0
+        self.u_min, self.v_min = self.pu.min() - margin, self.pv.min() - margin
+        nu = int((self.pu.max() + margin - self.u_min) / self.grid) + 1
+        nv = int((self.pv.max() + margin - self.v_min) / self.grid) + 1
+        noise = rng.standard_normal((nu, nv), np.float32) + 1j * rng.standard_normal((nu, nv), np.float32)
+        self.scatter = ndi.gaussian_filter(noise, 0.8).astype(np.complex64)
+        coarse = ndi.gaussian_filter(rng.standard_normal((nu // 16 + 2, nv // 16 + 2)).astype(np.float32), 1.0)
+        self.texture = np.exp(0.35 * coarse / (coarse.std() + 1e-6)).astype(np.float32)
+        # Clutter fixed to the probe (reverberation haze near the transducer and at the apex).
+        clutter_amp = app.haze * np.exp(-R / 12.0)
+        apex_d = np.hypot(self.pu - 8.0, self.pv) / 14.0
+        clutter_amp += app.apex_clutter * np.exp(-(apex_d**2))
+        clutter_noise = rng.standard_normal(R.shape, np.float32) + 1j * rng.standard_normal(R.shape, np.float32)
+        self.clutter = (clutter_amp * clutter_noise).astype(np.complex64)
+        self.sig_axial = app.psf_axial_mm / self.dr
+        self.sig_lateral = np.deg2rad(app.psf_lateral_deg) / self.dt
+        # Scan conversion: Cartesian pixel centres to fractional polar indices.
+        c = (np.arange(size) + 0.5) * self.spacing
+        Z, X = np.meshgrid(c, c - 0.5 * ph.fov, indexing="ij")
+        cr, ct = np.hypot(X, Z), np.arctan2(X, Z)
+        self.sector = (cr < ph.depth) & (np.abs(ct) < ph.half_angle)
+        self.taper = (
+            np.clip((ph.half_angle - np.abs(ct)) / (1.5 * self.dt), 0, 1) * np.clip((ph.depth - cr) / self.dr, 0, 1)
+        ).astype(np.float32)
+        self.scan = np.stack([cr / self.dr - 0.5, (ct + ph.half_angle) / self.dt - 0.5])
+        self.cu, self.cv = to_lv_frame(ph, X, Z)
+        self.ref_level: float | None = None
+
+    def _echogenicity(self, g: FrameGeometry, opening: float) -> tuple[np.ndarray, np.ndarray]:
+        """Tissue amplitude and blood amplitude on the polar grid, both [n_r, n_t] float32."""
+        app = self.app
+        reg = regions(self.pu, self.pv, g, self.four)
+        nu, nv = wall_normals(self.pu, self.pv, g)
+        cos = np.abs(nu * self.bu + nv * self.bv)
+        spec = app.specular_floor + (1.0 - app.specular_floor) * cos**app.specular_power
+        tissue = np.full(self.pu.shape, app.background, np.float32)
+        tissue[reg.myo] = app.myocardium
+        tissue *= np.where(reg.myo, spec, 1.0).astype(np.float32)
+        tissue = np.where(reg.pericardium, app.pericardium * spec, tissue)
+        tissue = np.where(reg.rv_wall | reg.atrial_wall, 0.8 * app.myocardium, tissue)
+        blood = reg.blood
+        tissue[blood] = 0.0
+        tissue = np.maximum(tissue, 1.3 * valve_lines(self.pu, self.pv, g, opening, self.four))
+        return tissue.astype(np.float32), np.where(blood, app.blood, 0.0).astype(np.float32)
+
+    def frame(self, s: float, opening: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Render contraction state ``s`` (0 ED .. 1 ES) with valve ``opening`` (0..1).
+
+        Returns ``image [size, size]`` float32 in [0, 1] and ``label [size, size]`` uint8 (CAMUS numbering).
+        """
+        g = frame_geometry(self.ph, s)
+        tissue, blood = self._echogenicity(g, opening)
+        u0, v0 = reference_coords(self.g_ref, g, self.pu, self.pv)
+        iu, iv = (u0 - self.u_min) / self.grid, (v0 - self.v_min) / self.grid
+        speck = ndi.map_coordinates(self.scatter, [iu, iv], order=1, mode="nearest")
+        tex = ndi.map_coordinates(self.texture, [iu / 16.0, iv / 16.0], order=1, mode="nearest")
+        shape = tissue.shape
+        fresh = self.rng.standard_normal(shape, np.float32) + 1j * self.rng.standard_normal(shape, np.float32)
+        field = (tissue * tex) * speck + blood * fresh + self.clutter
+        field = ndi.gaussian_filter1d(field, self.sig_axial, axis=0, truncate=3.0)
+        field = ndi.gaussian_filter1d(field, self.sig_lateral, axis=1, truncate=3.0)
+        env = np.abs(field) * self.gain
+        noise = self.rng.standard_normal(shape, np.float32) + 1j * self.rng.standard_normal(shape, np.float32)
+        env = np.abs(env + self.app.noise * noise)
+        if self.ref_level is None:
+            self.ref_level = float(np.percentile(env, 99.0))
+        db = 20.0 * np.log10(env / self.ref_level + 1e-6)
+        polar = np.clip((db + self.app.dynamic_range) / self.app.dynamic_range, 0.0, 1.0) ** self.app.gamma
+        img = ndi.map_coordinates(polar.astype(np.float32), self.scan, order=1, mode="nearest") * self.taper
+        label = regions(self.cu, self.cv, g, self.four).labels()
+        label[~self.sector] = 0
+        return np.clip(img, 0.0, 1.0).astype(np.float32), label
