@@ -1,0 +1,272 @@
+"""Per-cine clinical report (LV area/volume curve, ED/ES, EDV, ESV, EF) and contour overlays (PNG sheet, GIF)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+from skimage.draw import polygon_perimeter
+from skimage.measure import find_contours
+
+from ._io import atomic_paths
+from .cycle import find_ed_es
+from .plots import volume_curve_figure
+from .volumes import ejection_fraction_details, lv_volume_details
+
+STRUCTURE_NAMES = {1: "LV", 2: "myocardium", 3: "LA"}
+STRUCTURE_COLOURS = {1: (230, 50, 50), 2: (40, 200, 60), 3: (60, 140, 255)}  # CAMUS label -> RGB
+REPORT_KEYS = ("n_frames", "frame_rate", "time_s", "area_mm2", "volume_ml", "beats", "edv_ml", "esv_ml", "ef_percent")
+
+
+def _as_hwt(array, name: str) -> np.ndarray:
+    """``[H, W, T]`` view of an ``[H, W, T]`` or channel-first ``[1, H, W, T]`` array."""
+    arr = np.asarray(array)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be [H, W, T] or [1, H, W, T] (time last), got shape {np.shape(array)}")
+    return arr
+
+
+def _mean_or_nan(values: list[float]) -> float:
+    good = [v for v in values if math.isfinite(v)]
+    return float(np.mean(good)) if good else math.nan
+
+
+def cine_report(labels_HWT, spacing_mm, frame_rate: float | None = None, lv_label: int = 1, n_disks: int = 20) -> dict:
+    """Clinical numbers of one segmented cine: per-frame LV area and volume, ED/ES per beat, EDV, ESV and EF.
+
+    Volumes are single-plane Simpson (method of disks) per frame; ED and ES come from the volume curve
+    (``find_ed_es``); EDV/ESV/EF are per beat and, at the top level, the mean over beats with a valid EF.
+
+    Args:
+        labels_HWT: ``[H, W, T]`` (or channel-first ``[1, H, W, T]``, the data contract's layout) integer labels,
+            time last; the LV cavity is ``lv_label``.
+        spacing_mm: (row, column) pixel spacing in mm.
+        frame_rate: frames per second (for ``time_s`` and the ED/ES minimum separation), if known.
+        lv_label: label value of the LV cavity (1 in CAMUS numbering).
+
+    Returns:
+        dict with ``n_frames``, ``frame_rate``, ``spacing_mm``, ``lv_label``, ``volume_method``, ``n_disks``,
+        ``time_s`` (``[T]`` or ``None``), ``area_mm2``/``volume_ml``/``length_mm`` (``[T]`` floats, NaN where not
+        measurable), ``frame_reasons`` (``{frame: reason}`` for NaN volumes), ``beats`` (list of dicts ``ed``,
+        ``es``, ``edv_ml``, ``esv_ml``, ``ef_percent``, ``reason``), ``ed_index``/``es_index`` (first beat, or
+        ``None``), ``edv_ml``, ``esv_ml``, ``ef_percent`` (means over valid beats) and ``reason`` (why EF is NaN,
+        else ``None``).
+    """
+    labels = _as_hwt(labels_HWT, "labels")
+    spacing = tuple(float(s) for s in np.asarray(spacing_mm, dtype=float).ravel())
+    n_frames = labels.shape[-1]
+    results = [lv_volume_details(labels[..., t] == lv_label, spacing, n_disks=n_disks) for t in range(n_frames)]
+    volumes = [r.volume_ml for r in results]
+    frame_reasons = {t: r.reason for t, r in enumerate(results) if r.reason is not None}
+    pairs = find_ed_es(volumes, frame_rate=frame_rate)
+    beats = []
+    for ed, es in pairs:
+        ef, note = ejection_fraction_details(volumes[ed], volumes[es])
+        if not math.isfinite(ef):
+            note = f"frame {ed} (ED) or {es} (ES): {frame_reasons.get(ed) or frame_reasons.get(es) or note}"
+        beats.append(
+            {"ed": ed, "es": es, "edv_ml": volumes[ed], "esv_ml": volumes[es], "ef_percent": ef, "reason": note}
+        )
+    valid = [b for b in beats if math.isfinite(b["ef_percent"])]
+    if not pairs:
+        reason = f"no measurable LV volume in {n_frames - sum(map(math.isfinite, volumes))} of {n_frames} frames"
+    elif not valid:
+        reason = "; ".join(b["reason"] for b in beats)
+    else:
+        reason = None
+    first = (valid or beats or [{"ed": None, "es": None}])[0]
+    return {
+        "n_frames": n_frames,
+        "frame_rate": frame_rate,
+        "spacing_mm": list(spacing),
+        "lv_label": lv_label,
+        "volume_method": "simpson_single_plane",
+        "n_disks": n_disks,
+        "time_s": [t / frame_rate for t in range(n_frames)] if frame_rate else None,
+        "area_mm2": [r.area_mm2 if r.area_mm2 > 0 else math.nan for r in results],
+        "volume_ml": volumes,
+        "length_mm": [r.length_mm for r in results],
+        "frame_reasons": frame_reasons,
+        "beats": beats,
+        "ed_index": first["ed"],
+        "es_index": first["es"],
+        "edv_ml": _mean_or_nan([b["edv_ml"] for b in valid]),
+        "esv_ml": _mean_or_nan([b["esv_ml"] for b in valid]),
+        "ef_percent": _mean_or_nan([b["ef_percent"] for b in valid]),
+        "reason": reason,
+    }
+
+
+def _json_safe(value):
+    """NaN/inf -> None, numpy scalars -> Python, dict keys -> str (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_cine_report(report: dict, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
+    """Write a ``cine_report`` as ``<stem>_lv_curve.csv``, ``<stem>_report.json`` and ``<stem>_lv_curve.png``.
+
+    The CSV has columns ``frame, time_s, area_mm2, volume_ml`` (empty cells for unknown time and NaN values). All
+    three files appear together or not at all (written to temporary names, then renamed).
+
+    Returns:
+        ``{"csv": path, "json": path, "png": path}``.
+    """
+    missing = [k for k in REPORT_KEYS if k not in report]
+    if missing:
+        raise ValueError(f"not a cine_report dict: missing keys {missing}")
+    n = report["n_frames"]
+    if len(report["area_mm2"]) != n or len(report["volume_ml"]) != n:
+        raise ValueError(f"report curves have {len(report['area_mm2'])}/{len(report['volume_ml'])} values, not {n}")
+    out = Path(out_dir)
+    paths = {
+        "csv": out / f"{stem}_lv_curve.csv",
+        "json": out / f"{stem}_report.json",
+        "png": out / f"{stem}_lv_curve.png",
+    }
+    pairs = [(b["ed"], b["es"]) for b in report["beats"]]
+    ef = report["ef_percent"]
+    title = f"{stem}: EF {ef:.1f} %" if math.isfinite(ef) else f"{stem}: EF not measurable"
+    fig = volume_curve_figure(report["volume_ml"], pairs, report["frame_rate"], title=title)
+    FigureCanvasAgg(fig)
+    times = report["time_s"] or [None] * n
+
+    def cell(v) -> str:
+        return "" if v is None or not math.isfinite(v) else f"{v:.6g}"
+
+    with atomic_paths(paths["csv"], paths["json"], paths["png"]) as (tmp_csv, tmp_json, tmp_png):
+        with open(tmp_csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["frame", "time_s", "area_mm2", "volume_ml"])
+            for t in range(n):
+                writer.writerow([t, cell(times[t]), cell(report["area_mm2"][t]), cell(report["volume_ml"][t])])
+        with open(tmp_json, "w") as f:
+            json.dump(_json_safe(report), f, indent=2, allow_nan=False)
+        fig.savefig(tmp_png, dpi=120, format="png")
+    return paths
+
+
+def _frame_marks(ed_es_pairs) -> dict[int, str]:
+    marks: dict[int, str] = {}
+    for ed, es in ed_es_pairs or []:
+        marks[int(ed)] = "ED"
+        marks[int(es)] = "ES"
+    return marks
+
+
+def _sheet_frames(n_frames: int, max_frames: int, marks: dict[int, str]) -> list[int]:
+    """Up to ``max_frames`` frame indices spread over the cine, the ED/ES frames always included."""
+    if n_frames <= max_frames:
+        return list(range(n_frames))
+    chosen = set(list(marks)[:max_frames])
+    for t in np.linspace(0, n_frames - 1, max_frames).round().astype(int):
+        if len(chosen) >= max_frames:
+            break
+        chosen.add(int(t))
+    return sorted(chosen)
+
+
+def _rgb_frame(image_HW: np.ndarray, labels_HW: np.ndarray, scale: int) -> np.ndarray:
+    """``[H*scale, W*scale, 3]`` uint8 grey frame with the structure contours drawn in their colours."""
+    grey = (np.clip(np.nan_to_num(image_HW), 0.0, 1.0) * 255).astype(np.uint8)
+    grey = np.repeat(np.repeat(grey, scale, axis=0), scale, axis=1)
+    rgb = np.stack([grey] * 3, axis=-1)
+    for label, colour in STRUCTURE_COLOURS.items():
+        mask = labels_HW == label
+        if not mask.any():
+            continue
+        for contour in find_contours(np.pad(mask, 1).astype(np.float32), 0.5):
+            pts = (contour - 1.0 + 0.5) * scale - 0.5
+            rr, cc = polygon_perimeter(pts[:, 0].round(), pts[:, 1].round(), shape=rgb.shape[:2], clip=False)
+            rgb[rr, cc] = colour
+    return rgb
+
+
+def save_overlay(
+    image_HWT,
+    labels_HWT,
+    out_dir: str | os.PathLike,
+    stem: str,
+    ed_es_pairs=None,
+    frame_rate: float | None = None,
+    max_frames: int = 16,
+    columns: int = 4,
+) -> dict[str, Path]:
+    """Predicted contours over the frames: ``<stem>_overlay.png`` (contact sheet) and ``<stem>_overlay.gif``.
+
+    Contours (``skimage.measure.find_contours``) are coloured per structure: 1 LV red, 2 myocardium green,
+    3 LA blue. ED/ES frames are named in the sheet's titles and the GIF's frames. Both files appear together or
+    not at all.
+
+    Args:
+        image_HWT: ``[H, W, T]`` (or ``[1, H, W, T]``) grey frames, float in [0, 1] (clipped).
+        labels_HWT: integer labels of the same ``[H, W, T]`` shape.
+        ed_es_pairs: ``[(ed, es), ...]`` to mark, e.g. ``report["beats"]`` pairs.
+        frame_rate: GIF playback rate in frames per second (12.5 if unknown).
+        max_frames: most frames on the contact sheet (spread over the cine, ED/ES included).
+
+    Returns:
+        ``{"png": path, "gif": path}``.
+
+    Raises:
+        ValueError: the shapes differ or are not ``[H, W, T]``; nothing is written then.
+    """
+    image = _as_hwt(image_HWT, "image")
+    labels = _as_hwt(labels_HWT, "labels")
+    if image.shape != labels.shape:
+        raise ValueError(f"labels shape {labels.shape} does not match image shape {image.shape} ([H, W, T])")
+    image = image.astype(np.float32)
+    n_frames = image.shape[-1]
+    marks = _frame_marks(ed_es_pairs)
+    frames = _sheet_frames(n_frames, max_frames, marks)
+    rows = math.ceil(len(frames) / columns)
+    h, w = image.shape[:2]
+    cols = min(columns, len(frames))
+    fig = Figure(figsize=(2.4 * cols, 2.4 * rows * h / max(w, 1) + 0.3))
+    FigureCanvasAgg(fig)
+    for k, t in enumerate(frames):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(image[..., t], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        for label, colour in STRUCTURE_COLOURS.items():
+            mask = labels[..., t] == label
+            for contour in find_contours(np.pad(mask, 1).astype(np.float32), 0.5) if mask.any() else []:
+                ax.plot(contour[:, 1] - 1, contour[:, 0] - 1, color=np.array(colour) / 255, lw=1)
+        ax.set_title(
+            f"frame {t}" + (f" {marks[t]}" if t in marks else ""),
+            fontsize=8,
+            color="tab:red" if t in marks else "black",
+        )
+        ax.set_axis_off()
+    fig.tight_layout()
+    scale = max(1, 256 // max(h, w))
+    gif_frames = []
+    for t in range(n_frames):
+        frame = Image.fromarray(_rgb_frame(image[..., t], labels[..., t], scale))
+        draw = ImageDraw.Draw(frame)
+        draw.text((4, 4), f"{t}" + (f" {marks[t]}" if t in marks else ""), fill=(255, 255, 0))
+        gif_frames.append(frame.convert("P", palette=Image.Palette.ADAPTIVE))
+    duration_ms = int(round(1000.0 / (frame_rate or 12.5)))
+    out = Path(out_dir)
+    paths = {"png": out / f"{stem}_overlay.png", "gif": out / f"{stem}_overlay.gif"}
+    with atomic_paths(paths["png"], paths["gif"]) as (tmp_png, tmp_gif):
+        fig.savefig(tmp_png, dpi=100, format="png")
+        gif_frames[0].save(
+            tmp_gif, format="GIF", save_all=True, append_images=gif_frames[1:], duration=duration_ms, loop=0
+        )
+    return paths
