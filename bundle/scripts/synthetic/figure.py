@@ -44,7 +44,7 @@ def make_comparison_figure(out: str | Path, seed: int = 0, size: int = 256) -> P
                     ax.contour(labels == k, levels=[0.5], colors=colour, linewidths=0.8)
             ax.set_title(title, color="white", fontsize=11)
         ax = axes[row, 3]
-        ax.imshow(real[(r_lo, r_hi)[row]], cmap="gray", vmin=0, vmax=1)
+        ax.imshow(real[(r_lo, r_hi)[row]][20:230, 55:295], cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"real A4C (pydicom ybr_color) frame {(r_lo, r_hi)[row]}", color="white", fontsize=11)
     for ax in axes.ravel():
         ax.set_xticks([])

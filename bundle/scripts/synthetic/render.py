@@ -43,15 +43,15 @@ class Appearance:
 def sample_appearance(rng: np.random.Generator) -> Appearance:
     """Draw acquisition settings: contrast, gamma, gain/TGC, clutter, dropout, PSF size."""
     return Appearance(
-        dynamic_range=rng.uniform(42.0, 58.0),
-        gamma=rng.uniform(1.1, 1.7),
+        dynamic_range=rng.uniform(45.0, 60.0),
+        gamma=rng.uniform(1.4, 2.1),
         gain_db=rng.uniform(-3.0, 3.0),
         attenuation_db=rng.uniform(4.0, 14.0),
         tgc_db=tuple(rng.uniform(-2.5, 2.5, 5)),
         lateral_db=tuple(rng.uniform(-2.0, 2.0, 4)),
-        blood=rng.uniform(0.012, 0.03),
-        background=rng.uniform(0.18, 0.35),
-        myocardium=rng.uniform(0.7, 1.0),
+        blood=rng.uniform(0.004, 0.012),
+        background=rng.uniform(0.07, 0.18),
+        myocardium=rng.uniform(0.45, 0.8),
         pericardium=rng.uniform(1.6, 2.6),
         specular_floor=rng.uniform(0.35, 0.6),
         specular_power=rng.uniform(1.0, 2.5),
@@ -59,11 +59,11 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
         dropout_angle=rng.uniform(0.2, 0.7) * rng.choice([-1.0, 1.0]),
         shadow_db=rng.uniform(6.0, 14.0) if rng.random() < 0.3 else 0.0,
         shadow_angle=rng.uniform(-0.9, 0.9),
-        haze=rng.uniform(0.15, 0.5),
+        haze=rng.uniform(0.2, 0.6),
         apex_clutter=rng.uniform(0.03, 0.15),
         noise=rng.uniform(0.003, 0.01),
-        psf_axial_mm=rng.uniform(0.45, 0.7),
-        psf_lateral_deg=rng.uniform(0.7, 1.1),
+        psf_axial_mm=rng.uniform(0.55, 0.85),
+        psf_lateral_deg=rng.uniform(0.9, 1.4),
     )
 
 
@@ -111,13 +111,16 @@ class Renderer:
         noise = rng.standard_normal((nu, nv), np.float32) + 1j * rng.standard_normal((nu, nv), np.float32)
         self.scatter = ndi.gaussian_filter(noise, 0.8).astype(np.complex64)
         coarse = ndi.gaussian_filter(rng.standard_normal((nu // 16 + 2, nv // 16 + 2)).astype(np.float32), 1.0)
-        self.texture = np.exp(0.35 * coarse / (coarse.std() + 1e-6)).astype(np.float32)
+        fine = ndi.gaussian_filter(rng.standard_normal((nu // 5 + 2, nv // 5 + 2)).astype(np.float32), 1.0)
+        self.texture = np.exp(0.6 * coarse / (coarse.std() + 1e-6)).astype(np.float32)
+        self.fine_texture = np.exp(0.45 * fine / (fine.std() + 1e-6)).astype(np.float32)
         # Clutter fixed to the probe (reverberation haze near the transducer and at the apex).
-        clutter_amp = app.haze * np.exp(-R / 12.0)
+        clutter_amp = app.haze * np.exp(-R / 16.0)
         apex_d = np.hypot(self.pu - 8.0, self.pv) / 14.0
         clutter_amp += app.apex_clutter * np.exp(-(apex_d**2))
         clutter_noise = rng.standard_normal(R.shape, np.float32) + 1j * rng.standard_normal(R.shape, np.float32)
         self.clutter = (clutter_amp * clutter_noise).astype(np.complex64)
+        self.clutter_unit = clutter_noise.astype(np.complex64)
         self.sig_axial = app.psf_axial_mm / self.dr
         self.sig_lateral = np.deg2rad(app.psf_lateral_deg) / self.dt
         # Scan conversion: Cartesian pixel centres to fractional polar indices.
@@ -143,7 +146,10 @@ class Renderer:
         tissue[reg.myo] = app.myocardium
         tissue *= np.where(reg.myo, spec, 1.0).astype(np.float32)
         tissue = np.where(reg.pericardium, app.pericardium * spec, tissue)
-        tissue = np.where(reg.rv_wall | reg.atrial_wall, 0.8 * app.myocardium, tissue)
+        tissue = np.where(reg.rv_wall, 0.8 * app.myocardium, tissue)
+        au, av = (self.pu - g.la_center) / g.la_a**2, self.pv / g.la_b**2
+        a_cos = np.abs(au * self.bu + av * self.bv) / (np.hypot(au, av) + 1e-12)
+        tissue = np.where(reg.atrial_wall, app.myocardium * (0.3 + 1.2 * a_cos**2), tissue)
         blood = reg.blood
         tissue[blood] = 0.0
         tissue = np.maximum(tissue, 1.3 * valve_lines(self.pu, self.pv, g, opening, self.four))
@@ -160,16 +166,19 @@ class Renderer:
         iu, iv = (u0 - self.u_min) / self.grid, (v0 - self.v_min) / self.grid
         speck = ndi.map_coordinates(self.scatter, [iu, iv], order=1, mode="nearest")
         tex = ndi.map_coordinates(self.texture, [iu / 16.0, iv / 16.0], order=1, mode="nearest")
+        tex *= ndi.map_coordinates(self.fine_texture, [iu / 5.0, iv / 5.0], order=1, mode="nearest")
         shape = tissue.shape
         fresh = self.rng.standard_normal(shape, np.float32) + 1j * self.rng.standard_normal(shape, np.float32)
-        field = (tissue * tex) * speck + blood * fresh + self.clutter
+        amp = tissue * tex
+        sidelobe = ndi.gaussian_filter1d(amp, 5.0 * self.sig_lateral, axis=1, truncate=2.0)
+        field = amp * speck + blood * fresh + self.clutter + (0.06 * sidelobe) * self.clutter_unit
         field = ndi.gaussian_filter1d(field, self.sig_axial, axis=0, truncate=3.0)
         field = ndi.gaussian_filter1d(field, self.sig_lateral, axis=1, truncate=3.0)
         env = np.abs(field) * self.gain
         noise = self.rng.standard_normal(shape, np.float32) + 1j * self.rng.standard_normal(shape, np.float32)
         env = np.abs(env + self.app.noise * noise)
         if self.ref_level is None:
-            self.ref_level = float(np.percentile(env, 99.0))
+            self.ref_level = float(np.percentile(env, 99.5))
         db = 20.0 * np.log10(env / self.ref_level + 1e-6)
         polar = np.clip((db + self.app.dynamic_range) / self.app.dynamic_range, 0.0, 1.0) ** self.app.gamma
         img = ndi.map_coordinates(polar.astype(np.float32), self.scan, order=1, mode="nearest") * self.taper
