@@ -320,3 +320,18 @@ def test_overlay_files_and_bad_input(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "cine1_overlay.gif", "cine1_overlay.png"] or sorted(
         p.name for p in tmp_path.iterdir()
     ) == ["cine1_overlay.gif", "cine1_overlay.png"]
+
+
+def test_ef_from_synthetic_ground_truth_masks():
+    """EF of the generator's ground-truth LV masks (single-plane Simpson) against the phantom's known EF."""
+    synthetic = pytest.importorskip("scripts.synthetic")
+    pred, ref = [], []
+    for seed in range(3):
+        for view in ("2CH", "4CH"):
+            s = synthetic.generate_sequence(seed, view=view, size=256, n_frames=16, mode="systole")
+            rep = clin.cine_report(s["label"], s["spacing_mm"], frame_rate=s["frame_rate"])
+            assert (rep["ed_index"], rep["es_index"]) == (s["ed"], s["es"])
+            pred.append(rep["ef_percent"])
+            ref.append(s["ef"])
+    stats = clin.agreement(pred, ref)
+    assert stats["n"] == 6 and stats["r"] > 0.99 and abs(stats["bias"]) < 1.0 and stats["mae"] < 2.0
