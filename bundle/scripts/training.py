@@ -1,0 +1,397 @@
+"""Pieces that let MONAI's SupervisedTrainer train a recurrent clip network as the paper does (section 4.1).
+
+- :class:`PrepareClipBatch` marks the frames that are *not* supervised with :data:`IGNORE_LABEL` in the label
+  (unannotated frames, and with ``mode="first_last"`` every frame except the clip's first and last), so the
+  standard ``SupervisedTrainer`` iteration can be used unchanged;
+- :class:`SupervisedFramesLoss` computes a loss (``DiceCELoss``) only on the frames that carry labels;
+- :class:`GradientClipHandler` clips the global gradient norm after ``backward`` (unscaling first under AMP);
+- :class:`EpochSeeder` reseeds the sampler, the random transforms and torch at every epoch start, so a run that is
+  resumed from a checkpoint at an epoch boundary draws exactly the same data as an uninterrupted run;
+- :func:`latest_checkpoint` finds the checkpoint to resume from; :func:`ensure_synthetic_data` generates the
+  embedded default data set on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+IGNORE_LABEL = -1
+SUPERVISION_MODES = ("annotated", "first_last")
+logger = logging.getLogger(__name__)
+
+
+def supervised_frame_mask(label_frames_BT: torch.Tensor, mode: str) -> torch.Tensor:
+    """Which frames the loss sees.
+
+    Args:
+        label_frames_BT: ``[B, T]`` bool, True where the frame is annotated.
+        mode: ``"annotated"`` (every annotated frame) or ``"first_last"`` (annotated frames among the clip's first
+            and last, the paper's protocol).
+
+    Returns:
+        ``[B, T]`` bool.
+    """
+    if mode not in SUPERVISION_MODES:
+        raise ValueError(f"unknown supervision mode {mode!r}; expected one of {SUPERVISION_MODES}")
+    mask = label_frames_BT.bool().clone()
+    if mode == "first_last" and mask.shape[1] > 2:
+        mask[:, 1:-1] = False
+    return mask
+
+
+class PrepareClipBatch:
+    """``prepare_batch`` for MONAI engines: ``(image [B, 1, H, W, T], label [B, 1, H, W, T] long)``.
+
+    Frames outside the supervised set get :data:`IGNORE_LABEL` in every pixel of the returned label.
+    """
+
+    def __init__(self, mode: str = "annotated", image_key: str = "image", label_key: str = "label") -> None:
+        if mode not in SUPERVISION_MODES:
+            raise ValueError(f"unknown supervision mode {mode!r}; expected one of {SUPERVISION_MODES}")
+        self.mode = mode
+        self.image_key = image_key
+        self.label_key = label_key
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Plain tensors: MetaTensor's per-operation bookkeeping slows a recurrent network down several-fold.
+        image = _plain(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking, **kwargs)
+        label = _plain(batchdata[self.label_key]).long()
+        frames = torch.as_tensor(batchdata["label_frames"]).bool().reshape(label.shape[0], label.shape[-1])
+        supervised = supervised_frame_mask(frames, self.mode)
+        label = label.masked_fill(~supervised[:, None, None, None, :], IGNORE_LABEL)
+        return image, label.to(device=device, non_blocking=non_blocking)
+
+
+def _plain(tensor: Any) -> torch.Tensor:
+    tensor = torch.as_tensor(tensor)
+    return tensor.as_subclass(torch.Tensor) if type(tensor) is not torch.Tensor else tensor
+
+
+class PrepareImageBatch:
+    """``prepare_batch`` for inference engines: ``(image [B, 1, H, W, T] plain tensor, None)``."""
+
+    def __init__(self, image_key: str = "image") -> None:
+        self.image_key = image_key
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        return _plain(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking, **kwargs), None
+
+
+def gather_supervised_frames(pred_BKHWT: torch.Tensor, label_B1HWT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack the supervised frames of a batch as 2D samples.
+
+    Returns:
+        ``pred [F, K, H, W]`` and ``label [F, 1, H, W]`` for the F frames whose label is not :data:`IGNORE_LABEL`.
+    """
+    supervised_BT = (label_B1HWT != IGNORE_LABEL).flatten(1, 3).all(dim=1)
+    pred_frames = pred_BKHWT.permute(0, 4, 1, 2, 3)[supervised_BT]
+    label_frames = label_B1HWT.permute(0, 4, 1, 2, 3)[supervised_BT]
+    return pred_frames, label_frames
+
+
+class SupervisedFramesLoss(nn.Module):
+    """Applies a 2D segmentation loss to the supervised frames only (label != IGNORE_LABEL).
+
+    Args:
+        loss: e.g. ``monai.losses.DiceCELoss(to_onehot_y=True, softmax=True)``; called on ``[F, K, H, W]`` logits
+            and ``[F, 1, H, W]`` labels.
+    """
+
+    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, pred_BKHWT: torch.Tensor, label_B1HWT: torch.Tensor) -> torch.Tensor:
+        pred, label = gather_supervised_frames(torch.as_tensor(pred_BKHWT), torch.as_tensor(label_B1HWT))
+        if pred.shape[0] == 0:  # no supervised frame in this batch: a zero that keeps the graph
+            return torch.as_tensor(pred_BKHWT).sum() * 0.0
+        return self.loss(pred, label)
+
+
+class GradientClipHandler:
+    """Clips the global gradient norm of the trainer's network after every backward pass (paper: lambda = 3)."""
+
+    def __init__(self, max_norm: float = 3.0) -> None:
+        self.max_norm = float(max_norm)
+
+    def attach(self, engine: Any) -> None:
+        from monai.engines.utils import IterationEvents
+
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        if engine.amp and getattr(engine, "scaler", None) is not None:
+            engine.scaler.unscale_(engine.optimizer)
+        torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
+
+
+class EpochSeeder:
+    """Reseeds everything random at each epoch start from ``seed + epoch``.
+
+    The sampler's generator, the random transforms (MONAI ``Randomizable.set_random_state``) and torch/numpy get
+    seeds that depend only on the epoch, so resuming from a checkpoint taken at an epoch boundary reproduces the
+    uninterrupted run exactly (with ``num_workers=0``; with workers MONAI's DataLoader seeds them from torch).
+    """
+
+    def __init__(self, seed: int, transform: Any = None, generator: torch.Generator | None = None) -> None:
+        self.seed = int(seed)
+        self.transform = transform
+        self.generator = generator
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Any) -> None:
+        epoch_seed = self.seed + 1000 * int(engine.state.epoch)
+        torch.manual_seed(epoch_seed)
+        np.random.seed(epoch_seed % 2**32)
+        if self.generator is not None:
+            self.generator.manual_seed(epoch_seed)
+        if self.transform is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=epoch_seed % 2**32)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A torch Generator for samplers (the :class:`EpochSeeder` reseeds it every epoch)."""
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    return generator
+
+
+_EPOCH_PATTERN = re.compile(r"epoch=(\d+)")
+
+
+def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> str | None:
+    """Path of the newest complete training checkpoint ``<prefix>_epoch=N.pt`` in ``ckpt_dir``, or None."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return None
+    candidates = []
+    for path in folder.glob(f"{prefix}*_epoch=*.pt"):
+        match = _EPOCH_PATTERN.search(path.name)
+        if match and path.stat().st_size > 0:
+            candidates.append((int(match.group(1)), path))
+    return str(max(candidates)[1]) if candidates else None
+
+
+def ensure_synthetic_data(
+    dataset_dir: str | Path, patients: int = 50, seed: int = 0, size: int = 256, progress: bool = True
+) -> str:
+    """Generate the embedded synthetic CAMUS-layout data set into ``dataset_dir`` unless it is already complete.
+
+    Returns:
+        ``dataset_dir`` as a string (so configs can use the call as the data root).
+    """
+    from scripts.synthetic import write_camus_dataset
+
+    root = Path(dataset_dir)
+    split_files = [root / "database_split" / f"subgroup_{s}.txt" for s in ("training", "validation", "testing")]
+    patient_dirs = list((root / "database_nifti").glob("patient*")) if (root / "database_nifti").is_dir() else []
+    if all(f.is_file() for f in split_files) and len(patient_dirs) >= patients:
+        return str(root)
+    logger.info("generating %d synthetic patients into %s (first use)", patients, root)
+    write_camus_dataset(root, patients, seed=seed, size=size, progress=progress)
+    return str(root)
+
+
+def model_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain state dict of a network, unwrapped from DistributedDataParallel if needed."""
+    return getattr(network, "module", network).state_dict()
+
+
+def first_existing(paths: Sequence[str | Path | None]) -> str | None:
+    """The first path in ``paths`` that exists (configs use it to pick an optional file)."""
+    for path in paths:
+        if path and Path(path).exists():
+            return str(path)
+    return None
+
+
+def _is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves a partial file."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, tmp_name)
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+
+
+class BestModelSaver:
+    """Saves the network's plain state dict to ``path`` whenever the evaluator's key metric improves.
+
+    Attach it to the validation evaluator. The write is atomic. Its ``state_dict`` (best value and epoch) goes
+    into the training checkpoint so a resumed run keeps comparing against the right best value.
+    """
+
+    def __init__(self, path: str | Path, network: nn.Module, metric_name: str | None = None) -> None:
+        self.path = Path(path)
+        self.network = network
+        self.metric_name = metric_name
+        self.best_metric = -float("inf")
+        self.best_epoch = -1
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        name = self.metric_name or engine.state.key_metric_name
+        value = float(engine.state.metrics[name])
+        epoch = int(getattr(engine.state, "train_epoch", None) or engine.state.epoch)
+        trainer = getattr(engine, "trainer", None)
+        if trainer is not None:
+            epoch = int(trainer.state.epoch)
+        if value > self.best_metric:
+            self.best_metric, self.best_epoch = value, epoch
+            if _is_main_process():
+                atomic_torch_save(model_state_dict(self.network), self.path)
+                logger.info("new best %s = %.4f at epoch %d: saved %s", name, value, epoch, self.path)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.best_metric = float(state["best_metric"])
+        self.best_epoch = int(state["best_epoch"])
+
+
+class ResumableCheckpoint:
+    """Saves the full training state at every ``every_n_epochs`` epoch end and resumes from it at start.
+
+    Saved (atomically, keeping the ``n_saved`` newest): network, optimizer, lr scheduler, the trainer's ignite
+    state (epoch, iteration), the AMP grad scaler and any extra objects with ``state_dict`` (e.g. the
+    :class:`BestModelSaver`). On ``STARTED`` the newest complete ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` is loaded
+    on every rank, so the run continues at epoch N + 1; only rank 0 writes.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | Path,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any = None,
+        extra: Mapping[str, Any] | None = None,
+        every_n_epochs: int = 1,
+        n_saved: int = 1,
+        resume: bool = True,
+        prefix: str = "checkpoint",
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.objects: dict[str, Any] = {"network": network, "optimizer": optimizer}
+        if lr_scheduler is not None:
+            self.objects["lr_scheduler"] = lr_scheduler
+        self.objects.update(dict(extra or {}))
+        self.every_n_epochs = int(every_n_epochs)
+        self.n_saved = int(n_saved)
+        self.resume = bool(resume)
+        self.prefix = prefix
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every_n_epochs), self.save)
+
+    def _to_save(self, engine: Any) -> dict[str, Any]:
+        objects = dict(self.objects)
+        objects["network"] = getattr(objects["network"], "module", objects["network"])
+        objects["trainer"] = engine
+        if getattr(engine, "scaler", None) is not None:
+            objects["scaler"] = engine.scaler
+        return objects
+
+    def save(self, engine: Any) -> None:
+        if not _is_main_process():
+            return
+        path = self.ckpt_dir / f"{self.prefix}_epoch={engine.state.epoch}.pt"
+        atomic_torch_save({k: v.state_dict() for k, v in self._to_save(engine).items()}, path)
+        kept = sorted(
+            (int(m.group(1)), p)
+            for p in self.ckpt_dir.glob(f"{self.prefix}_epoch=*.pt")
+            if (m := _EPOCH_PATTERN.search(p.name))
+        )
+        for _, old in kept[: -self.n_saved]:
+            old.unlink(missing_ok=True)
+
+    def load(self, engine: Any) -> None:
+        path = latest_checkpoint(self.ckpt_dir, self.prefix) if self.resume else None
+        if path is None:
+            return
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        for name, obj in self._to_save(engine).items():
+            if name == "trainer":
+                continue
+            if name not in checkpoint:
+                raise KeyError(f"{path}: checkpoint has no '{name}' entry to resume from")
+            obj.load_state_dict(checkpoint[name])
+        trainer_state = checkpoint["trainer"]
+        if int(trainer_state["epoch_length"]) != int(engine.state.epoch_length):
+            raise ValueError(
+                f"{path}: saved with {trainer_state['epoch_length']} iterations per epoch, this run has "
+                f"{engine.state.epoch_length}; resume with the same iterations_per_epoch or start a new ckpt_dir"
+            )
+        engine.state.iteration = int(trainer_state["iteration"])
+        engine.state.epoch = engine.state.iteration // int(trainer_state["epoch_length"])
+        logger.info("resumed from %s at epoch %d (iteration %d)", path, engine.state.epoch, engine.state.iteration)
+
+
+class DistributedRandomSampler(torch.utils.data.Sampler):
+    """Random sampling with replacement, split across DDP ranks.
+
+    Every rank draws the same ``num_samples`` indices from the shared (epoch-seeded) generator and keeps every
+    ``world_size``-th one, so the union over ranks is exactly the single-process draw of the same epoch.
+    """
+
+    def __init__(self, dataset: Any, num_samples: int, generator: torch.Generator | None = None) -> None:
+        self.dataset_size = len(dataset)
+        self.num_samples = int(num_samples)
+        self.generator = generator
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if distributed else 0
+        self.world_size = torch.distributed.get_world_size() if distributed else 1
+        if self.num_samples % self.world_size:
+            raise ValueError(f"num_samples {self.num_samples} must be divisible by the world size {self.world_size}")
+
+    def __iter__(self):
+        indices = torch.randint(self.dataset_size, (self.num_samples,), generator=self.generator).tolist()
+        return iter(indices[self.rank :: self.world_size])
+
+    def __len__(self) -> int:
+        return self.num_samples // self.world_size
