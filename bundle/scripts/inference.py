@@ -4,6 +4,7 @@ a small JSON (frames, ED/ES, LV area per frame) and the clinical report (LV volu
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import math
@@ -48,6 +49,9 @@ def find_cines(dataset_dir: str | Path | None = None, datalist: Sequence[str] | 
     Raises:
         FileNotFoundError: the folder or a listed file does not exist, or nothing to segment was found.
     """
+    if isinstance(datalist, str):  # "['a.dcm','b.avi']" or "a.dcm,b.avi" as typed on a command line
+        text = datalist.strip()
+        datalist = ast.literal_eval(text) if text.startswith("[") else [f for f in text.split(",") if f.strip()]
     if datalist:
         base = Path(dataset_dir) if dataset_dir else Path.cwd()
         files = [Path(f) if Path(f).is_absolute() else base / f for f in datalist]

@@ -375,8 +375,10 @@ class ResumableCheckpoint:
 class DistributedRandomSampler(torch.utils.data.Sampler):
     """Random sampling with replacement, split across DDP ranks.
 
-    Every rank draws the same ``num_samples`` indices from the shared (epoch-seeded) generator and keeps every
-    ``world_size``-th one, so the union over ranks is exactly the single-process draw of the same epoch.
+    Every rank draws the same ``num_samples`` indices (the total over all ranks) from the shared, epoch-seeded
+    generator and keeps every ``world_size``-th one, so ranks see disjoint, reproducible parts of one draw. With
+    ``num_samples = iterations_per_epoch * batch_size * world_size`` every rank runs ``iterations_per_epoch``
+    iterations of ``batch_size`` clips (global batch ``batch_size * world_size``).
     """
 
     def __init__(self, dataset: Any, num_samples: int, generator: torch.Generator | None = None) -> None:
