@@ -149,6 +149,12 @@ def test_evaluate_writes_per_case_and_summary(trained_bundle) -> None:
     summary = json.loads((out / "metrics_summary.json").read_text())
     assert summary["n_cases"] == 2  # one test patient, two views
     assert 0.0 <= summary["structures"]["lv"]["all"]["dice"]["mean"] <= 1.0
+    ef = json.loads((out / "ef_agreement.json").read_text())
+    assert ef["n_clips"] == 2 and ef["biplane_per_patient"]["n_patients"] == 1
+    with open(out / "ef_per_case.csv") as handle:
+        ef_rows = list(csv.DictReader(handle))
+    assert sorted(r["view"] for r in ef_rows) == ["2CH", "4CH"]
+    assert all(r["dataset_ef"] != "nan" for r in ef_rows)
 
 
 def test_inference_on_nifti_avi_dicom_keeps_geometry(trained_bundle, synthetic_data, tmp_path) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform
 
+from scripts.clinical.evaluation import largest_component
 from scripts.data.errors import EchoDataError
 from scripts.data.video_io import load_cine
 
@@ -180,8 +181,15 @@ class SaveCineResultd(MapTransform):
         stem = output_stem(source)
         spacing = tuple(float(s) for s in meta["spacing"])
         known = bool(meta.get("spacing_known", all(math.isfinite(s) for s in spacing)))
+        measured = labels.copy()  # measurements use the largest LV component of each frame (specks are dropped)
+        for t in range(measured.shape[-1]):
+            lv = measured[..., t] == self.lv_label
+            measured[..., t][lv & ~largest_component(lv)] = 0
         report = clinical.cine_report(
-            labels, spacing if known else (1.0, 1.0), frame_rate=_finite(meta.get("frame_rate")), lv_label=self.lv_label
+            measured,
+            spacing if known else (1.0, 1.0),
+            frame_rate=_finite(meta.get("frame_rate")),
+            lv_label=self.lv_label,
         )
         area_key = "area_mm2" if known else "area_px"
         summary = {
@@ -196,13 +204,14 @@ class SaveCineResultd(MapTransform):
             "ed_es_pairs": [[b["ed"], b["es"]] for b in report["beats"]],
             "ed_index": report["ed_index"],
             "es_index": report["es_index"],
-            area_key: [float((labels[..., t] == self.lv_label).sum()) for t in range(labels.shape[-1])]
+            area_key: [float((measured[..., t] == self.lv_label).sum()) for t in range(labels.shape[-1])]
             if not known
             else report["area_mm2"],
             "edv_ml": report["edv_ml"] if known else None,
             "esv_ml": report["esv_ml"] if known else None,
             "ef_percent": report["ef_percent"],
             "reason": report["reason"],
+            "lv_postprocessing": "largest connected LV component per frame (measurements only; the NIfTI is raw)",
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)
         nifti_path = self.output_dir / f"{stem}_seg.nii.gz"
