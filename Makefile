@@ -35,3 +35,11 @@ SYNTHETIC_PATIENTS ?= 50
 SYNTHETIC_SEED ?= 0
 synthetic: $(STAMP)
 	cd bundle && $(abspath $(PY)) -m scripts.synthetic --out data/synthetic --patients $(SYNTHETIC_PATIENTS) --seed $(SYNTHETIC_SEED)
+
+# Versioned bundle zip in dist/ (see docs/deploy.md). WEIGHTS_URL: where bundle/models/model.pt will be uploaded
+# (writes large_files.yml with its md5); INCLUDE_WEIGHTS=True also puts the weights inside the zip.
+WEIGHTS_URL ?=
+INCLUDE_WEIGHTS ?= False
+.PHONY: package
+package: $(STAMP)
+	$(PY) tools/package_bundle.py --out_dir dist --include_weights $(INCLUDE_WEIGHTS) $(if $(WEIGHTS_URL),--weights_url $(WEIGHTS_URL))
