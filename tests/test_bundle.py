@@ -294,3 +294,16 @@ def test_two_process_gloo_ddp_training(synthetic_data, tmp_path) -> None:
     final = torch.load(work / "models" / "training" / "checkpoint_epoch=2.pt", weights_only=True)
     assert final["trainer"]["iteration"] == 4
     assert not any(k.startswith("module.") for k in final["network"])
+
+    o["output_dir"] = str(work / "evaluation")
+    files = (
+        "['bundle/configs/train.json','bundle/configs/small_cpu.json','bundle/configs/evaluate.json',"
+        "'bundle/configs/multi_gpu_evaluate.json']"
+    )
+    command = [torchrun, "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
+    command += ["--config_file", files] + cli_overrides(o)
+    proc = _run_bundle(command, tmp_path / "ddp_eval.log")
+    assert proc.wait(timeout=600) == 0, (tmp_path / "ddp_eval.log").read_text()[-4000:]
+    summary = json.loads((work / "evaluation" / "metrics_summary.json").read_text())
+    assert summary["n_cases"] == 2  # both test clips, one per rank, gathered on rank 0
+    assert json.loads((work / "evaluation" / "ef_agreement.json").read_text())["n_clips"] == 2
