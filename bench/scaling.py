@@ -1,16 +1,23 @@
 """Cost as the video grows: per-frame latency and memory of GDKVM's linear state vs a softmax space-time memory.
 
-One stream of ``--frames`` frames (batch 1, ``--resolution`` square, ``torch.inference_mode``) runs through
-``step`` of each model, each in a fresh process so that peak RSS belongs to one model:
+One stream of ``--frames`` frames (batch 1, ``--resolution`` square, ``torch.inference_mode``) runs through ``step``
+of each model:
 
 - ``gdkvm-small``: GDKVM, small size, ``gated_delta`` (the linear state ``S_t`` ``[B, N, Cv, Ck]``, constant size);
 - ``softmax-small``: :class:`scripts.gdkvm.GDKVMSoftmaxMemory`, small size, every frame stored, unbounded bank
   (STM-style attention over all past frames' tokens: state and per-frame cost grow with t).
 
 Every frame is timed. At each checkpoint frame N (10, 100, 500, 1000 by default, 1-based) the reported latency is
-the median of the 5 frames ending at frame N (their minimum is in the JSON too); the ratio is latency(N) /
-latency(10). Memory at N is the exact size of the state tensors (``numel * element_size``) after frame N and the
-process's peak RSS so far (peak CUDA memory allocated on GPU). A warm-up stream of 20 frames runs first.
+the median of the 5 frames ending at frame N (their minimum is in the JSON too). The ratio latency(N) / latency(10)
+is measured paired: at frame N, the step of frame 10 (re-run from the saved state before frame 10) and the step of
+frame N alternate 11 times each and the ratio of their medians is reported, so that a change of other load on the
+machine between frame 10 and frame N does not enter it (the plain ratio of the stream medians is in the JSON too).
+Memory at N is the exact size of the state tensors (``numel * element_size``) after frame N and the process's peak
+RSS so far (peak CUDA memory allocated on GPU). A warm-up stream of 20 frames runs first.
+
+Memory is measured with each model alone in a fresh process (so the peak RSS is that model's); latency in a third
+process that runs both streams interleaved frame by frame, so that other load on a shared machine hits both alike
+(the alone runs' latencies are in the JSON too). On a busy CPU, ``--threads 1`` gives far steadier timings.
 
 Usage (from the repository root):
     .venv/bin/python bench/scaling.py                           # CPU, 128x128, 1000 frames, both models
@@ -45,6 +52,7 @@ MODELS = {
 DEFAULT_CHECKPOINTS = (10, 100, 500, 1000)
 WINDOW = 5
 WARMUP_FRAMES = 20
+PAIRED_REPEATS = 11
 
 
 def build_model(name: str) -> torch.nn.Module:
@@ -69,59 +77,107 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_single(name: str, frames: int, checkpoints: list[int], resolution: int, device: str) -> dict:
-    """One stream of one model in this process. Returns per-frame latency/state size and the checkpoint rows."""
-    torch.manual_seed(0)
-    model = build_model(name).to(device).eval()
+def run_streams(names: list[str], frames: int, checkpoints: list[int], resolution: int, device: str) -> dict:
+    """One stream per model in this process, the models interleaved frame by frame (alternating which goes first).
+
+    Interleaving makes other load on the machine hit every model alike. Returns, per model name, the per-frame
+    latency (ms) and state size (MB) and one row per checkpoint frame (window median/minimum latency, state MB,
+    this process's peak memory so far).
+    """
+    models = {}
+    for name in names:
+        torch.manual_seed(0)
+        models[name] = build_model(name).to(device).eval()
     frame = torch.rand(1, 1, resolution, resolution, device=device)
 
     def sync() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    latencies_ms: list[float] = []
-    state_mb: list[float] = []
-    rows: list[dict] = []
+    runs = {
+        name: {
+            "model": name,
+            "description": MODELS[name],
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "latency_ms_per_frame": [],
+            "state_mb_per_frame": [],
+            "checkpoints": [],
+        }
+        for name, model in models.items()
+    }
     with torch.inference_mode():
-        state = None
-        for _ in range(WARMUP_FRAMES):
-            state = model.step(frame, state)[1]
-        state = None
+        for model in models.values():
+            state = None
+            for _ in range(WARMUP_FRAMES):
+                state = model.step(frame, state)[1]
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
+        states = dict.fromkeys(names)
+        reference = {}  # per model: the state before frame checkpoints[0], to re-time that frame later
         for index in range(1, frames + 1):
+            for name in names if index % 2 else names[::-1]:
+                run, before = runs[name], states[name]
+                sync()
+                start = time.perf_counter()
+                _, states[name] = models[name].step(frame, before)
+                sync()
+                run["latency_ms_per_frame"].append((time.perf_counter() - start) * 1000)
+                run["state_mb_per_frame"].append(state_megabytes(states[name]))
+                if index == checkpoints[0]:
+                    reference[name] = before
+                if index in checkpoints:
+                    window = run["latency_ms_per_frame"][max(0, index - WINDOW) : index]
+                    first_ms, this_ms = paired_latency(models[name], frame, reference[name], before, sync)
+                    run["checkpoints"].append(
+                        {
+                            "frame": index,
+                            "latency_ms": statistics.median(window),
+                            "latency_min_ms": min(window),
+                            "latency_window_ms": window,
+                            "paired_first_ms": first_ms,
+                            "paired_this_ms": this_ms,
+                            "ratio_to_first": this_ms / first_ms,
+                            "state_mb": run["state_mb_per_frame"][-1],
+                            "peak_memory_mb": peak_memory_mb(device),
+                        }
+                    )
+                if index % 100 == 0 or index == frames:
+                    message = f"    {name}: frame {index}/{frames}, {run['latency_ms_per_frame'][-1]:.1f} ms"
+                    print(f"{message}, state {run['state_mb_per_frame'][-1]:.2f} MB", file=sys.stderr, flush=True)
+    for run in runs.values():
+        first = run["checkpoints"][0]["latency_ms"]
+        for row in run["checkpoints"]:
+            row["stream_ratio_to_first"] = row["latency_ms"] / first
+    return runs
+
+
+def paired_latency(model: torch.nn.Module, frame: torch.Tensor, first_state, this_state, sync) -> tuple[float, float]:
+    """Median ms of the first checkpoint's step and of this checkpoint's step, alternated ``PAIRED_REPEATS`` times.
+
+    ``step`` is a pure function of (frame, state), so re-running it from a saved state repeats that frame's work.
+    Measured at the same moment, their ratio cancels slow changes of other load on the machine.
+    """
+    first, this = [], []
+    for repeat in range(PAIRED_REPEATS):
+        pairs = ((first_state, first), (this_state, this))
+        for state, out in pairs if repeat % 2 else pairs[::-1]:
             sync()
             start = time.perf_counter()
-            _, state = model.step(frame, state)
+            model.step(frame, state)
             sync()
-            latencies_ms.append((time.perf_counter() - start) * 1000)
-            state_mb.append(state_megabytes(state))
-            if index in checkpoints:
-                window = latencies_ms[max(0, index - WINDOW) : index]
-                rows.append(
-                    {
-                        "frame": index,
-                        "latency_ms": statistics.median(window),
-                        "latency_min_ms": min(window),
-                        "latency_window_ms": window,
-                        "state_mb": state_mb[-1],
-                        "peak_memory_mb": peak_memory_mb(device),
-                    }
-                )
-            if index % 100 == 0 or index == frames:
-                message = f"    {name}: frame {index}/{frames}, {latencies_ms[-1]:.1f} ms, state {state_mb[-1]:.2f} MB"
-                print(message, file=sys.stderr, flush=True)
-    first = rows[0]["latency_ms"]
-    for row in rows:
-        row["ratio_to_first"] = row["latency_ms"] / first
-    return {
-        "model": name,
-        "description": MODELS[name],
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "latency_ms_per_frame": latencies_ms,
-        "state_mb_per_frame": state_mb,
-        "checkpoints": rows,
-    }
+            out.append((time.perf_counter() - start) * 1000)
+    return statistics.median(first), statistics.median(this)
+
+
+def run_worker(names: list[str], args: argparse.Namespace) -> dict:
+    """Run :func:`run_streams` in a fresh process (so its peak RSS is its own); stderr passes through."""
+    command = [sys.executable, __file__, "--worker", *names, "--frames", str(args.frames)]
+    command += ["--resolution", str(args.resolution), "--device", args.device]
+    command += ["--threads", str(torch.get_num_threads())]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench/scaling.py: the run of {names} failed (exit {done.returncode}); see stderr above")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def machine_description(device: str) -> str:
@@ -157,6 +213,16 @@ def markdown_table(result: dict) -> str:
             f"| {b['peak_memory_mb']:.0f} "
             f"| {b['latency_ms'] / a['latency_ms']:.2f} |"
         )
+    lines += [
+        "",
+        f"Minimum over the same {WINDOW}-frame windows (the least disturbed by other jobs on the machine):",
+        "",
+        "| frame | GDKVM min ms/frame | softmax min ms/frame | softmax / GDKVM |",
+        "|---:|---:|---:|---:|",
+    ]
+    for n in result["checkpoints"]:
+        a, b = lin[n]["latency_min_ms"], soft[n]["latency_min_ms"]
+        lines.append(f"| {n} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
     return "\n".join(lines)
 
 
@@ -200,6 +266,14 @@ def markdown_document(result: dict, table: str, plot_path: Path, markdown_path: 
     first, last = result["checkpoints"][0], result["checkpoints"][-1]
     plot_rel = os.path.relpath(plot_path, markdown_path.parent)
     load = result["load_average"]
+    one_minute_loads = [float(load[when].split()[0]) for when in ("before", "after")]
+    if max(one_minute_loads) > (os.cpu_count() or 1):
+        busy = (
+            "Other jobs shared the CPU during this run (load above the CPU count): interleaving the two models and the "
+            "paired ratios cancel much of that, but single numbers carry noise of tens of percent."
+        )
+    else:
+        busy = "The machine was otherwise idle (load below the CPU count)."
     return f"""# Cost as the video grows (`bench/scaling.py`)
 
 Produced by `bench/scaling.py`; rerun it to regenerate this file, the plot and `results/bench_scaling.json`.
@@ -213,15 +287,18 @@ Both models here have the same small encoders and decoder; only the memory diffe
   (`[B, Ck, L]`, `[B, N, Cv, L]`, L = frames x {result["tokens_per_frame"]} tokens), read by softmax attention.
 
 One stream of {result["frames"]} frames per model, batch 1, {result["resolution"]}x{result["resolution"]},
-`torch.inference_mode`, each model in a fresh process after a {WARMUP_FRAMES}-frame warm-up. Latency at frame N is the
-median of the {WINDOW} frames ending at N; ratio = latency(N) / latency({first}). State MB is exact (from the
-tensors); peak RSS is the process's peak resident memory so far (model, runtime and state).
+`torch.inference_mode`, after a {WARMUP_FRAMES}-frame warm-up. Latency at frame N is the median of the {WINDOW} frames
+ending at N, measured with both streams interleaved frame by frame in one process (so that other load on the machine
+hits both models alike). Ratio = latency(N) / latency({first}), measured paired: at frame N the step of frame {first}
+(re-run from its saved state) and the step of frame N alternate {PAIRED_REPEATS} times each, ratio of the medians;
+this cancels changes of the machine's load between frame {first} and frame N. Memory is measured with each model
+alone in a fresh process: state MB is exact (from the tensors), peak RSS is the process's peak resident memory so far
+(model, runtime, state and temporaries).
 
 Command: `{result["command"]}`
 
-Machine: {result["machine"]}. Run time {result["run_time_s"]:.0f} s. Load average before / after:
-{load["before"]} / {load["after"]} (other processes shared the CPU when the load exceeds the thread count; the
-medians over a window absorb isolated spikes, not a steady share).
+Machine: {result["machine"]}. Run time {result["run_time_s"]:.0f} s. Load average (1, 5, 15 min) before / after:
+{load["before"]} / {load["after"]}. {busy}
 
 {table}
 
@@ -229,8 +306,8 @@ medians over a window absorb isolated spikes, not a steady share).
 
 At frame {last}, the softmax bank holds {soft[last]["state_mb"]:.1f} MB of state against GDKVM's
 {lin[last]["state_mb"]:.3f} MB, and a frame takes {soft[last]["ratio_to_first"]:.2f}x its frame-{first} time
-(GDKVM: {lin[last]["ratio_to_first"]:.2f}x); at frame {last} the softmax model is
-{soft[last]["latency_ms"] / lin[last]["latency_ms"]:.2f}x slower per frame than GDKVM.
+(GDKVM: {lin[last]["ratio_to_first"]:.2f}x); at frame {last} the softmax model takes
+{soft[last]["latency_ms"] / lin[last]["latency_ms"]:.2f}x GDKVM's time per frame.
 """
 
 
@@ -243,7 +320,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=REPO_ROOT / "docs" / "images" / "scaling.png")
     parser.add_argument("--markdown", type=Path, default=REPO_ROOT / "docs" / "benchmarks_scaling.md")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
-    parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs="+", default=None, choices=sorted(MODELS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -251,23 +328,28 @@ def main() -> None:
         parser.error("--frames must be >= 10")
     checkpoints = sorted({c for c in DEFAULT_CHECKPOINTS if c <= args.frames} | {args.frames})
 
-    if args.single:
-        run = run_single(args.single, args.frames, checkpoints, args.resolution, args.device)
-        print(json.dumps(run))
+    if args.worker:
+        print(json.dumps(run_streams(args.worker, args.frames, checkpoints, args.resolution, args.device)))
         return
 
     started = time.perf_counter()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    names = list(MODELS)
+    alone = {}
+    for index, name in enumerate(names, 1):
+        print(f"[{index}/{len(names) + 1}] memory: {MODELS[name]} alone, {args.frames} frames ...", flush=True)
+        alone[name] = run_worker([name], args)[name]
+    print(f"[{len(names) + 1}/{len(names) + 1}] latency: {', '.join(names)} interleaved frame by frame ...", flush=True)
+    together = run_worker(names, args)
     runs = []
-    for index, name in enumerate(MODELS, 1):
-        print(f"[{index}/{len(MODELS)}] {MODELS[name]}: {args.frames} frames at {args.resolution}px ...", flush=True)
-        command = [sys.executable, __file__, "--single", name, "--frames", str(args.frames)]
-        command += ["--resolution", str(args.resolution), "--device", args.device]
-        command += ["--threads", str(torch.get_num_threads())]
-        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"bench/scaling.py: the {name} run failed (exit {done.returncode}); see stderr above")
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for name in names:
+        run = together[name]
+        run["latency_alone_ms_per_frame"] = alone[name]["latency_ms_per_frame"]
+        for row, alone_row in zip(run["checkpoints"], alone[name]["checkpoints"]):
+            row["latency_alone_ms"] = alone_row["latency_ms"]
+            row["state_mb"] = alone_row["state_mb"]
+            row["peak_memory_mb"] = alone_row["peak_memory_mb"]
+        runs.append(run)
 
     stride_tokens = ((args.resolution + 15) // 16) ** 2
     result = {
