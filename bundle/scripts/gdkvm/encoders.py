@@ -15,7 +15,22 @@ RESNET_LAYERS = {
 }
 
 
-def build_resnet_trunk(name: str, in_channels: int, width: float = 1.0) -> ResNet:
+class ResNetTrunk(ResNet):
+    """A MONAI ResNet whose forward stops after layer3 and returns the stride 4, 8 and 16 features (scriptable).
+
+    Shapes: ``[B, C, H, W]`` (H, W multiples of 16) -> ``(f4 [B, C4, H/4, W/4], f8, f16 [B, C16, H/16, W/16])``.
+    """
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.maxpool(x)
+        f4 = self.layer1(x)
+        f8 = self.layer2(f4)
+        f16 = self.layer3(f8)
+        return f4, f8, f16
+
+
+def build_resnet_trunk(name: str, in_channels: int, width: float = 1.0) -> ResNetTrunk:
     """A 2D MONAI ResNet whose parameter names match torchvision's (conv1, bn1, layer1..3); layer4 and fc removed.
 
     Args:
@@ -26,7 +41,7 @@ def build_resnet_trunk(name: str, in_channels: int, width: float = 1.0) -> ResNe
     if name not in RESNET_LAYERS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(RESNET_LAYERS)}")
     block, layers = RESNET_LAYERS[name]
-    trunk = ResNet(
+    trunk = ResNetTrunk(
         block=block,
         layers=layers,
         block_inplanes=[int(round(c * width)) for c in (64, 128, 256, 512)],
@@ -53,7 +68,7 @@ def _last_conv_channels(layer: nn.Module) -> int:
     return last.out_channels
 
 
-def run_trunk(trunk: ResNet, image_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def run_trunk(trunk: ResNetTrunk, image_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run a trunk to stride 16.
 
     Args:
@@ -62,12 +77,7 @@ def run_trunk(trunk: ResNet, image_BCHW: torch.Tensor) -> tuple[torch.Tensor, to
     Returns:
         ``(f4, f8, f16)`` feature maps at strides 4, 8, 16.
     """
-    x = trunk.act(trunk.bn1(trunk.conv1(image_BCHW)))
-    x = trunk.maxpool(x)
-    f4 = trunk.layer1(x)
-    f8 = trunk.layer2(f4)
-    f16 = trunk.layer3(f8)
-    return f4, f8, f16
+    return trunk(image_BCHW)
 
 
 def load_imagenet_weights(trunk: ResNet, path: str | Path) -> list[str]:

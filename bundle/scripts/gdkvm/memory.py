@@ -74,16 +74,26 @@ def apply_update_rule(
     if rule == "additive":
         return state_BNVK + write_BNVK
     if rule == "decay_alpha":
+        if alpha_BNVK is None:
+            raise ValueError("update rule 'decay_alpha' needs alpha")
         return alpha_BNVK * state_BNVK + write_BNVK
     key_gram_BKK = torch.einsum("bkl,bjl->bkj", key_BKL, key_BKL)
     recalled_BNVK = torch.einsum("bnvk,bkj->bnvj", state_BNVK, key_gram_BKK)
     if rule == "delta":
         return state_BNVK - recalled_BNVK + write_BNVK
     if rule == "delta_beta":
+        if beta_BNVK is None:
+            raise ValueError("update rule 'delta_beta' needs beta")
         return state_BNVK - beta_BNVK * recalled_BNVK + beta_BNVK * write_BNVK
     if rule == "gated_delta":
+        if alpha_BNVK is None or beta_BNVK is None:
+            raise ValueError("update rule 'gated_delta' needs alpha and beta")
         return alpha_BNVK * (state_BNVK - beta_BNVK * recalled_BNVK) + beta_BNVK * write_BNVK
-    raise ValueError(f"unknown update rule {rule!r}; expected one of {UPDATE_RULES}")
+    # The names are spelled out because TorchScript cannot read the UPDATE_RULES global.
+    raise ValueError(
+        "unknown update rule '" + rule + "'; expected one of ('additive', 'delta', 'delta_beta', 'decay_alpha', "
+        "'gated_delta')"
+    )
 
 
 def read_memory(state_BNVK: torch.Tensor, query_BKL: torch.Tensor) -> torch.Tensor:
@@ -166,7 +176,8 @@ class LinearKeyValueMemory(nn.Module):
             ``(S_t, gates)`` where gates holds ``alpha``/``beta`` (``[B, N, Cv, Ck]``) when the rule uses them.
         """
         gates: dict[str, torch.Tensor] = {}
-        alpha = beta = None
+        alpha: torch.Tensor | None = None
+        beta: torch.Tensor | None = None
         if self.gates is not None:
             alpha, beta = self.gates(state_BNVK)
             gates = {"alpha": alpha, "beta": beta}

@@ -13,6 +13,10 @@ Per frame t (``step``):
 
 ``forward(video [B, 1, H, W, T]) -> [B, K, H, W, T]`` is ``step`` in a loop. Frames of any H, W are padded to a
 multiple of 16 inside and cropped back.
+
+``torch.jit.script(GDKVM(...))`` compiles ``forward`` with T left dynamic (``scripts/export.py``, tested in
+``tests/test_export.py``); keep the code that ``forward`` reaches TorchScript-compatible: no nested functions, no
+``*shape`` unpacking, no module-level constants read inside functions (pass them as default arguments).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .decoder import MaskDecoder, ValueFuser
-from .encoders import build_resnet_trunk, load_imagenet_weights, run_trunk, trunk_channels
+from .encoders import build_resnet_trunk, load_imagenet_weights, trunk_channels
 from .kpff import KeyProjection
 from .memory import UPDATE_RULES, LinearKeyValueMemory, read_memory, tokens_from_map
 
@@ -156,14 +160,31 @@ class GDKVM(nn.Module):
 
     # ------------------------------------------------------------------ streaming API
     def init_state(
-        self, batch_size: int, height: int, width: int, device: torch.device | str | None = None, dtype=None
+        self,
+        batch_size: int,
+        height: int,
+        width: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> GDKVMState:
-        """An empty state for a stream of ``[batch_size, 1, height, width]`` frames (empty memory, empty mask)."""
-        device = device if device is not None else next(self.parameters()).device
-        dtype = dtype if dtype is not None else next(self.parameters()).dtype
+        """An empty state for a stream of ``[batch_size, 1, height, width]`` frames (empty memory, empty mask).
+
+        Device and dtype default to those of the network's parameters.
+        """
+        # The first parameter, as next(self.parameters()), spelled so that TorchScript can compile it.
+        reference = self.key_encoder.conv1.weight
+        if device is None:
+            target_device = reference.device
+        elif isinstance(device, str):
+            target_device = torch.device(device)
+        else:
+            target_device = device
+        target_dtype = reference.dtype if dtype is None else dtype
         hp, wp = _padded_size(height, width)
-        memory = torch.zeros(batch_size, self.num_objects, self.value_dim, self.key_dim, device=device, dtype=dtype)
-        prev_prob = torch.zeros(batch_size, self.num_objects, hp, wp, device=device, dtype=dtype)
+        memory = torch.zeros(
+            batch_size, self.num_objects, self.value_dim, self.key_dim, device=target_device, dtype=target_dtype
+        )
+        prev_prob = torch.zeros(batch_size, self.num_objects, hp, wp, device=target_device, dtype=target_dtype)
         return GDKVMState(memory, prev_prob)
 
     def step(self, frame_B1HW: torch.Tensor, state: GDKVMState | None = None) -> tuple[torch.Tensor, GDKVMState]:
@@ -194,13 +215,13 @@ class GDKVM(nn.Module):
             logits ``[B, K, H, W, T]``.
         """
         if video_B1HWT.ndim != 5 or video_B1HWT.shape[1] != 1:
-            raise ValueError(f"GDKVM expects a video of shape [B, 1, H, W, T], got {tuple(video_B1HWT.shape)}")
+            raise ValueError(f"GDKVM expects a video of shape [B, 1, H, W, T], got {_shape_text(video_B1HWT.shape)}")
         if video_B1HWT.shape[-1] < 1:
             raise ValueError("GDKVM needs at least one frame (T >= 1)")
         height, width = video_B1HWT.shape[2], video_B1HWT.shape[3]
         state = self.init_state(video_B1HWT.shape[0], height, width, video_B1HWT.device, video_B1HWT.dtype)
         memory, prev_prob = state.memory, state.prev_prob
-        outputs = []
+        outputs: list[torch.Tensor] = []
         for t in range(video_B1HWT.shape[-1]):
             logits, memory, prev_prob = self._step_padded(_pad_frame(video_B1HWT[..., t]), memory, prev_prob)
             outputs.append(logits[..., :height, :width])
@@ -209,18 +230,18 @@ class GDKVM(nn.Module):
     # ------------------------------------------------------------------ internals
     def encode_key(self, frame_B1HW: torch.Tensor) -> dict[str, torch.Tensor]:
         """Key path of one padded frame: ``key [B, Ck, h, w]`` (unit norm), ``pixel``, ``f8``, ``f4``."""
-        f4, f8, f16 = run_trunk(self.key_encoder, (frame_B1HW - GREY_MEAN) / GREY_STD)
+        f4, f8, f16 = self.key_encoder(_normalise(frame_B1HW))
         key, pixel = self.key_projection(f16)
         return {"key": key, "pixel": pixel, "f16": f16, "f8": f8, "f4": f4}
 
     def encode_value(self, frame_B1HW: torch.Tensor, prev_prob_BNHW: torch.Tensor, f16: torch.Tensor) -> torch.Tensor:
         """Value of each object, ``[B, N, Cv, h, w]``, from the frame, the previous masks and the key encoder's f16."""
-        b, n = prev_prob_BNHW.shape[:2]
+        b, n = prev_prob_BNHW.shape[0], prev_prob_BNHW.shape[1]
         others = prev_prob_BNHW.sum(dim=1, keepdim=True) - prev_prob_BNHW
-        image = ((frame_B1HW - GREY_MEAN) / GREY_STD).unsqueeze(1).expand(b, n, 1, *frame_B1HW.shape[-2:])
+        image = _normalise(frame_B1HW).unsqueeze(1).expand(b, n, -1, -1, -1)
         inputs = torch.cat([image, prev_prob_BNHW.unsqueeze(2), others.unsqueeze(2)], dim=2).flatten(0, 1)
-        value_feature = run_trunk(self.value_encoder, inputs)[2]
-        image_feature = f16.unsqueeze(1).expand(b, n, *f16.shape[1:]).flatten(0, 1)
+        value_feature = self.value_encoder(inputs)[2]
+        image_feature = _per_object(f16, b, n)
         value = self.value_fuser(value_feature, image_feature)
         return value.unflatten(0, (b, n))
 
@@ -228,20 +249,19 @@ class GDKVM(nn.Module):
         self, frame_B1HW: torch.Tensor, memory_BNVK: torch.Tensor, prev_prob_BNHW: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One frame whose H, W are multiples of 16. Returns ``(logits [B, K, H, W], memory, prob [B, N, H, W])``."""
-        b, n = prev_prob_BNHW.shape[:2]
+        b, n = prev_prob_BNHW.shape[0], prev_prob_BNHW.shape[1]
         key_out = self.encode_key(frame_B1HW)
         key, pixel = key_out["key"], key_out["pixel"]
         value = self.encode_value(frame_B1HW, prev_prob_BNHW, key_out["f16"])
         new_memory, _ = self.memory(memory_BNVK, tokens_from_map(key), tokens_from_map(value))
-        h, w = key.shape[-2:]
+        h, w = key.shape[-2], key.shape[-1]
         readout = read_memory(new_memory, key.flatten(2)).unflatten(-1, (h, w)).flatten(0, 1)
-
-        def per_object(x: torch.Tensor) -> torch.Tensor:
-            return x.unsqueeze(1).expand(b, n, *x.shape[1:]).flatten(0, 1)
-
-        object_logits = self.decoder(readout, per_object(pixel), per_object(key_out["f8"]), per_object(key_out["f4"]))
-        object_logits = F.interpolate(object_logits, size=frame_B1HW.shape[-2:], mode="bilinear", align_corners=False)
-        logits = aggregate_objects(object_logits.view(b, n, *frame_B1HW.shape[-2:]))
+        object_logits = self.decoder(
+            readout, _per_object(pixel, b, n), _per_object(key_out["f8"], b, n), _per_object(key_out["f4"], b, n)
+        )
+        height, width = frame_B1HW.shape[-2], frame_B1HW.shape[-1]
+        object_logits = F.interpolate(object_logits, size=(height, width), mode="bilinear", align_corners=False)
+        logits = aggregate_objects(object_logits.view(b, n, height, width))
         prob = torch.softmax(logits, dim=1)[:, 1:]
         return logits, new_memory, prob
 
@@ -272,14 +292,30 @@ def aggregate_objects(object_logits_BNHW: torch.Tensor) -> torch.Tensor:
     return torch.log(probs / (1.0 - probs))
 
 
-def _padded_size(height: int, width: int) -> tuple[int, int]:
-    return (height + STRIDE - 1) // STRIDE * STRIDE, (width + STRIDE - 1) // STRIDE * STRIDE
+def _normalise(frame: torch.Tensor, mean: float = GREY_MEAN, std: float = GREY_STD) -> torch.Tensor:
+    """Grey ImageNet normalisation (defaults, not globals, so that TorchScript compiles it)."""
+    return (frame - mean) / std
+
+
+def _per_object(x: torch.Tensor, b: int, n: int) -> torch.Tensor:
+    """Repeat a per-frame feature for each object: ``[B, ...] -> [B*N, ...]``."""
+    return x.unsqueeze(1).expand([b, n] + list(x.shape[1:])).flatten(0, 1)
+
+
+def _shape_text(shape: list[int]) -> str:
+    """``(1, 3, 32, 32)`` as ``str(tuple(shape))`` writes it, in a form that TorchScript compiles."""
+    return "(" + ", ".join([str(size) for size in shape]) + ")"
+
+
+def _padded_size(height: int, width: int, stride: int = STRIDE) -> tuple[int, int]:
+    """H, W rounded up to multiples of the stride (a default argument: TorchScript does not read globals)."""
+    return (height + stride - 1) // stride * stride, (width + stride - 1) // stride * stride
 
 
 def _pad_frame(frame_B1HW: torch.Tensor) -> torch.Tensor:
     """Zero-pad (black, as outside the scan sector) at the bottom/right to multiples of 16."""
-    height, width = frame_B1HW.shape[-2:]
+    height, width = frame_B1HW.shape[-2], frame_B1HW.shape[-1]
     hp, wp = _padded_size(height, width)
-    if (hp, wp) == (height, width):
+    if hp == height and wp == width:
         return frame_B1HW
     return F.pad(frame_B1HW, (0, wp - width, 0, hp - height))
