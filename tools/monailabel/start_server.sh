@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Serve this repository's bundle with MONAI Label (offline), for auto-segmentation of H x W x T NIfTI echo cines.
+#
+#   tools/monailabel/start_server.sh STUDIES_DIR [PORT]
+#
+# Environment (all optional):
+#   MONAILABEL_VENV    MONAI Label's venv (default .venv-monailabel; created by setup_env.sh if missing)
+#   MONAILABEL_APP     the app folder it lays out (default .monailabel/app)
+#   GDKVM_WEIGHTS      weights to serve (default bundle/models/model.pt)
+#   GDKVM_OVERRIDES    JSON merged into the served inference.json, e.g. '{"network_size": "small"}'
+#   MONAILABEL_HOST    bind address (default 127.0.0.1)
+# Extra `--conf k v` pairs can follow in MONAILABEL_EXTRA (e.g. "--conf preload true").
+#
+# The server runs in the foreground (exec); stop it with Ctrl-C or by killing its process.
+# Offline options: zoo_source local (no model-zoo lookup at start-up), sam2 false (no SAM2 checkpoint download).
+set -euo pipefail
+
+if [[ $# -lt 1 ]]; then
+    echo "usage: $0 STUDIES_DIR [PORT]" >&2
+    exit 2
+fi
+studies="$(cd "$1" && pwd)"
+port="${2:-8000}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+venv="${MONAILABEL_VENV:-$root/.venv-monailabel}"
+app="${MONAILABEL_APP:-$root/.monailabel/app}"
+name="gdkvm_echo_segmentation"
+
+[[ -x "$venv/bin/monailabel" ]] || "$here/setup_env.sh" "$venv"
+"$venv/bin/python" "$here/make_app.py" "$app" --name "$name" \
+    ${GDKVM_WEIGHTS:+--weights "$GDKVM_WEIGHTS"} --overrides "${GDKVM_OVERRIDES:-{\}}"
+
+export PATH="$venv/bin:$PATH"
+# shellcheck disable=SC2086
+exec monailabel start_server --app "$app" --studies "$studies" \
+    --conf models "$name" --conf zoo_source local --conf sam2 false --conf preload false \
+    --host "${MONAILABEL_HOST:-127.0.0.1}" --port "$port" ${MONAILABEL_EXTRA:-}
