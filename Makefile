@@ -24,8 +24,13 @@ test: lint
 demo: $(STAMP)
 	$(PY) demo.py
 
+# CPU benchmarks (each prints a table and saves JSON under results/; see docs/benchmarks.md).
+# real_echo needs a trained model (make demo) and the 120-frame cine from requirements-bench.txt.
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) bench/network.py
+	$(PY) bench/scaling.py --threads 1
+	$(PY) bench/real_echo.py
 
 clean:
 	rm -rf $(VENV) bundle/data bundle/eval
