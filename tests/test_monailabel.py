@@ -60,8 +60,15 @@ def server(tmp_path_factory) -> Iterator[dict]:
     write_camus_dataset(work / "synthetic", 2, seed=7, size=64, progress=False)
     studies = work / "studies"
     studies.mkdir()
-    for cine in sorted((work / "synthetic").rglob("*_4CH_half_sequence.nii.gz")):
+    cines = sorted((work / "synthetic").rglob("*_4CH_half_sequence.nii.gz"))
+    (studies / "labels" / "final").mkdir(parents=True)
+    for cine in cines:  # images, and their ground truth as labels saved through MONAI Label would be
         (studies / cine.name).write_bytes(cine.read_bytes())
+        gt = cine.with_name(cine.name.replace(".nii.gz", "_gt.nii.gz"))
+        (studies / "labels" / "final" / cine.name).write_bytes(gt.read_bytes())
+    source = nib.load(str(cines[0]))  # a non-square cine (x 64, y 52) catches a transposed label
+    cropped = np.asanyarray(source.dataobj)[:, 6:58]
+    nib.save(nib.Nifti1Image(cropped, source.affine, source.header), str(studies / "narrow_4CH.nii.gz"))
     torch.manual_seed(0)
     torch.save(GDKVM(size="small", out_channels=2).state_dict(), work / "model.pt")
     port = free_port()
@@ -70,7 +77,9 @@ def server(tmp_path_factory) -> Iterator[dict]:
         MONAILABEL_VENV=str(VENV),
         MONAILABEL_APP=str(work / "app"),
         GDKVM_WEIGHTS=str(work / "model.pt"),
-        GDKVM_OVERRIDES=json.dumps({"network_size": "small", "spatial_size": 64}),
+        GDKVM_OVERRIDES=json.dumps(
+            {"network_size": "small", "spatial_size": 64, "num_frames": 4, "batch_size": 1, "iterations_per_epoch": 2}
+        ),
     )
     env.pop("PYTHONPATH", None)
     log = open(work / "server.log", "wb")  # noqa: SIM115 - closed below
@@ -121,7 +130,34 @@ def test_infer_returns_label_in_image_geometry(server: dict) -> None:
         np.testing.assert_allclose(label.affine, image.affine, atol=1e-4)
         values = set(np.unique(np.asarray(label.dataobj)).tolist())
         assert values <= {0, 1}, values
+    # the same labels as the bundle's own inference (project venv) writes for these files
+    standalone = server["work"] / "standalone"
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO_ROOT / "bundle/configs/inference.json"),
+         "--bundle_root", str(REPO_ROOT / "bundle"), "--dataset_dir", str(studies), "--output_dir", str(standalone),
+         "--network_size", "small", "--spatial_size", "64", "--write_clinical_report", "False",
+         "--write_overlays", "False", "--ckpt_dir", str(server["work"])],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    for image_file in sorted(studies.glob("*.nii.gz")):
+        stem = image_file.name[: -len(".nii.gz")]
+        served = np.asarray(nib.load(str(server["work"] / f"{stem}_label.nii.gz")).dataobj)
+        expected = np.asarray(nib.load(str(standalone / f"{stem}_seg.nii.gz")).dataobj)
+        np.testing.assert_array_equal(served, expected)
     result = json.loads(
         request(f"{server['base']}/infer/{NAME}?image={image_id}&output=json", method="POST").decode() or "{}"
     )
     assert sys.version_info >= (3, 10) and isinstance(result, dict)
+
+
+def test_train_fine_tunes_on_labels_saved_through_monailabel(server: dict) -> None:
+    weights = server["work"] / "app" / "model" / NAME / "models" / "model.pt"
+    before = weights.read_bytes()
+    body = json.dumps({"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False}).encode()
+    req = urllib.request.Request(
+        f"{server['base']}/train/{NAME}?run_sync=true", data=body, method="POST",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=300) as response:
+        assert response.status == 200, response.read()[-2000:]
+    assert weights.read_bytes() != before, "training did not rewrite models/model.pt"

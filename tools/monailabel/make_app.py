@@ -6,10 +6,12 @@
 MONAI Label finds bundles only as folders ``<app>/model/<name>`` and reads ``configs/inference.json`` there (no
 option for another file name). This script copies the ``monaibundle`` sample app out of the MONAI Label install into
 ``APP_DIR`` (once) and (re)builds ``APP_DIR/model/<name>/`` as a view of ``bundle/``: ``scripts``, ``docs`` and
-``LICENSE`` are symlinks, every config is a symlink except ``inference.json``, which is ``bundle/configs/
-inference.json`` merged with ``bundle/configs/monailabel_infer.json`` (label returned as a tensor in the input's
-geometry, no files written) and the ``--overrides``; ``models/model.pt`` is a copy of the weights (MONAI Label's
-``/train`` rewrites it, the repository's file stays untouched). Run it with MONAI Label's Python (it uses monai).
+``LICENSE`` are symlinks, every config is a symlink except ``inference.json`` and ``train.json``: ``inference.json``
+is ``bundle/configs/inference.json`` merged with ``monailabel_infer.json`` (label returned as a tensor in the input's
+geometry, no files written), ``train.json`` is ``train.json`` merged with ``monailabel_train.json`` (MONAI Label's
+``{"image", "label"}`` datalist items read as whole labelled cines), both plus the ``--overrides``;
+``models/model.pt`` is a copy of the weights (MONAI Label's ``/train`` rewrites it, the repository's file stays
+untouched). Run it with MONAI Label's Python (it uses monai).
 """
 
 from __future__ import annotations
@@ -60,13 +62,14 @@ def make_app(
         if (bundle / entry).exists():
             (view / entry).symlink_to(bundle / entry)
     for config in sorted((bundle / "configs").iterdir()):
-        if config.name not in ("inference.json", "monailabel_infer.json"):
+        if config.name not in ("inference.json", "train.json") and not config.name.startswith("monailabel_"):
             (view / "configs" / config.name).symlink_to(config)
-    parser = ConfigParser()
-    parser.read_config([str(bundle / "configs" / "inference.json"), str(bundle / "configs" / "monailabel_infer.json")])
     extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides or {})
-    parser.update(extra)
-    (view / "configs" / "inference.json").write_text(json.dumps(parser.config, indent=4) + "\n")
+    for config, override in (("inference.json", "monailabel_infer.json"), ("train.json", "monailabel_train.json")):
+        parser = ConfigParser()
+        parser.read_config([str(bundle / "configs" / config), str(bundle / "configs" / override)])
+        parser.update(extra)
+        (view / "configs" / config).write_text(json.dumps(parser.config, indent=4) + "\n")
     shutil.copyfile(weights_file, view / "models" / "model.pt")
     return str(view)
 
