@@ -726,6 +726,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(handle, "w") as f:
         json.dump(json_safe(payload), f, indent=2)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -776,6 +777,7 @@ def write_docs(path: Path, payload: dict[str, Any], table: str) -> None:
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(handle, "w") as f:
         f.write("\n".join(lines))
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
