@@ -143,6 +143,9 @@ def main() -> None:
         print(json.dumps(row))
         return
 
+    out = args.out or REPO_ROOT / "results" / f"bench_network_{args.device.split(':')[0]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result: dict = {}
     rows = []
     configs = [(m, r, d, b) for r in args.resolutions for d in args.dtypes for b in args.batch for m in args.models]
     for index, (model, resolution, dtype, batch) in enumerate(configs, 1):
@@ -155,11 +158,9 @@ def main() -> None:
             rows.append({"model": model, "resolution": resolution, "dtype": dtype, "batch": batch, "error": "failed"})
             continue
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-
-    result = {"machine": machine_description(args.device), "frames_per_stream": args.frames, "rows": rows}
-    out = args.out or REPO_ROOT / "results" / f"bench_network_{args.device.split(':')[0]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+        # rewritten after every row, so a run stopped by a time limit keeps what it measured
+        result = {"machine": machine_description(args.device), "frames_per_stream": args.frames, "rows": rows}
+        out.write_text(json.dumps(result, indent=2))
 
     print(f"\nMachine: {result['machine']}; one stream of {args.frames} frames per row\n")
     header = (
