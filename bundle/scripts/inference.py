@@ -8,8 +8,6 @@ import ast
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform
 
+from scripts.clinical._io import atomic_paths, json_safe
 from scripts.clinical.evaluation import largest_component
 from scripts.data.errors import EchoDataError
 from scripts.data.video_io import load_cine
@@ -85,18 +84,6 @@ def resize_labels(labels_HWT: np.ndarray, height: int, width: int) -> np.ndarray
     tensor = torch.as_tensor(np.ascontiguousarray(labels_HWT)).permute(2, 0, 1)[None].float()
     resized = F.interpolate(tensor, size=(height, width), mode="nearest-exact")
     return resized[0].permute(1, 2, 0).to(torch.uint8).numpy()
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def label_nifti_like_input(labels_HWT: np.ndarray, source: str | Path, meta: Mapping[str, Any]) -> nib.Nifti1Image:
@@ -217,8 +204,9 @@ class SaveCineResultd(MapTransform):
         nifti_path = self.output_dir / f"{stem}_seg.nii.gz"
         json_path = self.output_dir / f"{stem}_seg.json"
         nifti = label_nifti_like_input(labels, source, meta)
-        _atomic_write(nifti_path, lambda tmp: nib.save(nifti, tmp + ".nii.gz") or os.replace(tmp + ".nii.gz", tmp))
-        _atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(_json_safe(summary), indent=2)))
+        with atomic_paths(nifti_path, json_path) as (nifti_tmp, json_tmp):
+            nib.save(nifti, str(nifti_tmp))
+            json_tmp.write_text(json.dumps(json_safe(summary), indent=2))
         files = {"label": str(nifti_path), "summary": str(json_path)}
         if self.clinical:
             written = clinical.write_cine_report(report, self.output_dir, stem)
@@ -240,15 +228,3 @@ def _finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -21,7 +25,9 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     try:
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+            suffixes = "".join(target.suffixes)  # keep ".nii.gz" whole: writers pick the format from it
+            base = target.name[: -len(suffixes)] if suffixes else target.name
+            fd, name = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{suffixes}", dir=target.parent)
             os.close(fd)
             temps.append(Path(name))
         yield temps
@@ -34,3 +40,16 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
         for temp in temps:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
+
+
+def json_safe(value: Any) -> Any:
+    """For strict JSON: NaN/inf -> None, numpy scalars -> Python numbers, dict keys -> str, tuples -> lists."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from skimage.measure import label as connected_components
 
-from ._io import atomic_paths
+from ._io import atomic_paths, json_safe
 from .plots import plot_bland_altman, plot_correlation
 from .stats import agreement
 from .volumes import biplane_volume, ejection_fraction, lv_volume
@@ -194,7 +194,7 @@ class EjectionFractionSaver:
                 writer.writerow(EF_COLUMNS)
                 for r in rows:
                     writer.writerow([_csv(r.get(c)) for c in EF_COLUMNS])
-            json_tmp.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False))
+            json_tmp.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
         gt = np.array([r["gt_ef"] for r in rows], dtype=float)
         dataset = np.array([r["dataset_ef"] for r in rows], dtype=float)
         for reference, suffix, name in ((gt, "", "EF from ground-truth masks"), (dataset, "_dataset", "dataset EF")):
@@ -222,15 +222,3 @@ def _csv(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if not math.isfinite(value) else f"{value:.4f}"
     return str(value)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from skimage.draw import polygon_perimeter
 from skimage.measure import find_contours
 
-from ._io import atomic_paths
+from ._io import atomic_paths, json_safe
 from .cycle import find_ed_es
 from .plots import volume_curve_figure
 from .volumes import ejection_fraction_details, lv_volume_details
@@ -106,19 +106,6 @@ def cine_report(labels_HWT, spacing_mm, frame_rate: float | None = None, lv_labe
     }
 
 
-def _json_safe(value):
-    """NaN/inf -> None, numpy scalars -> Python, dict keys -> str (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_cine_report(report: dict, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
     """Write a ``cine_report`` as ``<stem>_lv_curve.csv``, ``<stem>_report.json`` and ``<stem>_lv_curve.png``.
 
@@ -157,7 +144,7 @@ def write_cine_report(report: dict, out_dir: str | os.PathLike, stem: str) -> di
             for t in range(n):
                 writer.writerow([t, cell(times[t]), cell(report["area_mm2"][t]), cell(report["volume_ml"][t])])
         with open(tmp_json, "w") as f:
-            json.dump(_json_safe(report), f, indent=2, allow_nan=False)
+            json.dump(json_safe(report), f, indent=2, allow_nan=False)
         fig.savefig(tmp_png, dpi=120, format="png")
     return paths
 
