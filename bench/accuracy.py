@@ -69,6 +69,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import cpu_model as cpu_model_name
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -681,14 +682,7 @@ def findings(summary: list[dict[str, Any]]) -> list[str]:
 
 
 def machine_description(device: torch.device) -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model_name()
     info = {
         "cpu": f"{cpu}, {os.cpu_count()} logical CPUs",
         "torch": torch.__version__,

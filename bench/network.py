@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_description
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "bundle"))
@@ -107,21 +107,6 @@ def run_single(model_name: str, resolution: int, frames: int, device: str, dtype
         "latency_ratio_frame200_frame10": late / early,
         "ratio_frames": [10, late_index],
     }
-
-
-def machine_description(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cores = torch.get_num_threads()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {cores} torch threads, torch {torch.__version__}"
 
 
 def main() -> None:

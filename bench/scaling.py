@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -41,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_description
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "bundle"))
@@ -178,20 +178,6 @@ def run_worker(names: list[str], args: argparse.Namespace) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"bench/scaling.py: the run of {names} failed (exit {done.returncode}); see stderr above")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def machine_description(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} logical CPUs), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def markdown_table(result: dict) -> str:
