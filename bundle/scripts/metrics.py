@@ -29,13 +29,11 @@ frame ``ed_index``, ``"ES"`` for ``es_index`` (``"ED"`` wins if both are the sam
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -50,6 +48,8 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.data import decollate_batch
 from monai.handlers import from_engine
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceDistanceMetric
+
+from scripts.clinical._io import atomic_paths, json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -342,42 +342,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _json_safe(x: Any) -> Any:
-    """NaN/inf -> None (null) recursively, numpy scalars -> Python."""
-    if isinstance(x, Mapping):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def _csv_value(x: Any) -> str:
     if isinstance(x, (float, np.floating)):
         return "nan" if math.isnan(x) else f"{float(x):.6g}"
     return str(x)
-
-
-@contextlib.contextmanager
-def _atomic_files(*targets: Path):
-    """Yield temporary paths beside ``targets``; rename them all into place only if the block succeeds."""
-    temps: list[Path] = []
-    try:
-        for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            os.close(fd)
-            temps.append(Path(name))
-        yield temps
-        for temp, target in zip(temps, targets):
-            os.replace(temp, target)
-    finally:
-        for temp in temps:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
 
 
 def write_metric_reports(case_rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -395,10 +363,10 @@ def write_metric_reports(case_rows: Sequence[Mapping[str, Any]], out_dir: str | 
     missing = [c for c in CSV_COLUMNS if rows and c not in rows[0]]
     if missing:
         raise KeyError(f"metric rows lack the columns {missing}")
-    summary = _json_safe(summarize(rows))
+    summary = json_safe(summarize(rows))
     out = Path(out_dir)
     targets = {"csv": out / PER_CASE_CSV, "json": out / SUMMARY_JSON}
-    with _atomic_files(*targets.values()) as (csv_tmp, json_tmp):
+    with atomic_paths(*targets.values()) as (csv_tmp, json_tmp):
         with open(csv_tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(CSV_COLUMNS)
