@@ -26,7 +26,7 @@ short clips used in training.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -100,9 +100,8 @@ class GDKVMSoftmaxMemory(GDKVM):
     """GDKVM's encoders and decoder with a softmax space-time memory bank (STM/XMem/Cutie) instead of LKVA.
 
     Args:
-        size, out_channels, kpff, in_channels, key_backbone, value_backbone, backbone_width, key_dim, value_dim,
-        pixel_dim, num_heads, decoder_dims, refine_blocks, key_encoder_weights, value_encoder_weights: as
-            :class:`~scripts.gdkvm.network.GDKVM`.
+        *args, **kwargs: every other argument of :class:`~scripts.gdkvm.network.GDKVM` (``size``,
+            ``out_channels``, ``kpff``, widths, ImageNet weight files, ...), passed on unchanged.
         update_rule: there is no linear state, so no update rule: only None (default) or ``"softmax"`` are
             accepted; anything else raises ValueError. ``self.update_rule`` is ``"softmax"``.
         max_memory_frames: keep at most this many stored frames (FIFO, oldest dropped); None (default) keeps all,
@@ -112,24 +111,11 @@ class GDKVMSoftmaxMemory(GDKVM):
 
     def __init__(
         self,
-        size: str = "base",
-        out_channels: int = 2,
+        *args: Any,
         update_rule: str | None = None,
-        kpff: bool = True,
-        in_channels: int = 1,
-        key_backbone: str | None = None,
-        value_backbone: str | None = None,
-        backbone_width: float | None = None,
-        key_dim: int | None = None,
-        value_dim: int | None = None,
-        pixel_dim: int | None = None,
-        num_heads: int | None = None,
-        decoder_dims: tuple[int, int, int] | list[int] | None = None,
-        refine_blocks: int | None = None,
-        key_encoder_weights: str | None = None,
-        value_encoder_weights: str | None = None,
         max_memory_frames: int | None = None,
         memory_every: int = 1,
+        **kwargs: Any,
     ) -> None:
         if update_rule not in (None, "softmax"):
             raise ValueError(
@@ -141,24 +127,7 @@ class GDKVMSoftmaxMemory(GDKVM):
         if isinstance(memory_every, bool) or int(memory_every) < 1:
             raise ValueError(f"memory_every must be an int >= 1, got {memory_every!r}")
         # "additive" builds the parent's LKVA module without gate parameters; it is replaced below.
-        super().__init__(
-            size=size,
-            out_channels=out_channels,
-            update_rule="additive",
-            kpff=kpff,
-            in_channels=in_channels,
-            key_backbone=key_backbone,
-            value_backbone=value_backbone,
-            backbone_width=backbone_width,
-            key_dim=key_dim,
-            value_dim=value_dim,
-            pixel_dim=pixel_dim,
-            num_heads=num_heads,
-            decoder_dims=decoder_dims,
-            refine_blocks=refine_blocks,
-            key_encoder_weights=key_encoder_weights,
-            value_encoder_weights=value_encoder_weights,
-        )
+        super().__init__(*args, update_rule="additive", **kwargs)
         self.update_rule = "softmax"
         self.max_memory_frames = None if max_memory_frames is None else int(max_memory_frames)
         self.memory_every = int(memory_every)
