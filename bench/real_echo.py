@@ -71,16 +71,23 @@ def image_period_frames(image_HWT: np.ndarray, min_lag: int = 5) -> tuple[int | 
     return None, similarity
 
 
-def segment(net: torch.nn.Module, image_HWT: np.ndarray, spatial_size: int) -> np.ndarray:
-    """Labels ``[H, W, T]`` of a cine ``[H, W, T]`` in [0, 1], segmented at ``spatial_size`` and resized back."""
-    from scripts.inference import resize_labels
+def segment(
+    net: torch.nn.Module, image_HWT: np.ndarray, spacing: tuple[float, float], spatial_size: int, keep_aspect: bool
+) -> np.ndarray:
+    """Labels ``[H, W, T]`` of a cine ``[H, W, T]`` in [0, 1], segmented at ``spatial_size`` and put back.
 
-    video = torch.as_tensor(image_HWT, dtype=torch.float32).permute(2, 0, 1)[:, None]  # [T, 1, H, W]
-    resized = torch.nn.functional.interpolate(video, size=(spatial_size, spatial_size), mode="bilinear", antialias=True)
+    Same geometry as the bundle's inference: ``ResizeCined`` (padding to the physical aspect with ``keep_aspect``)
+    in, ``restore_labels`` out.
+    """
+    from scripts.data import ResizeCined
+    from scripts.inference import restore_labels
+
+    resize = ResizeCined(keys="image", spatial_size=spatial_size, mode="bilinear", keep_aspect=keep_aspect)
+    video = resize({"image": torch.as_tensor(image_HWT, dtype=torch.float32)[None], "spacing": np.asarray(spacing)})
     with torch.inference_mode():
-        logits = net(resized.permute(1, 2, 3, 0)[None])  # [1, K, h, w, T]
+        logits = net(video["image"][None])  # [1, K, h, w, T]
     labels = logits.argmax(dim=1)[0].to(torch.uint8).numpy()
-    return resize_labels(labels, image_HWT.shape[0], image_HWT.shape[1])
+    return restore_labels(labels, image_HWT.shape[0], image_HWT.shape[1], spacing, keep_aspect)
 
 
 def main() -> None:
@@ -93,6 +100,9 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path, default=REPO_ROOT / "bundle" / "models" / "model.pt")
     parser.add_argument("--size", default="small")
     parser.add_argument("--spatial_size", type=int, default=128)
+    parser.add_argument(
+        "--squash", action="store_true", help="resize frames straight to the square input (keep_aspect off)"
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_real_echo.json")
     parser.add_argument("--docs", type=Path, default=REPO_ROOT / "docs")
     args = parser.parse_args()
@@ -107,7 +117,7 @@ def main() -> None:
     start = time.time()
     for name, path in real_cines():
         image, meta = load_cine(path)
-        labels = segment(net, image, args.spatial_size)
+        labels = segment(net, image, meta["spacing"], args.spatial_size, keep_aspect=not args.squash)
         for t in range(labels.shape[-1]):
             lv = labels[..., t] == 1
             labels[..., t][lv & ~largest_component(lv)] = 0
@@ -171,7 +181,14 @@ def write_docs(rows: list[dict], args: argparse.Namespace, elapsed: float) -> No
         "images (measured without the model from the images' self-similarity against lag).",
         "",
         f"Command: `.venv/bin/python bench/real_echo.py --ckpt {args.ckpt.relative_to(REPO_ROOT)} --size {args.size}"
-        f" --spatial_size {args.spatial_size}` ({elapsed:.0f} s on CPU).",
+        f" --spatial_size {args.spatial_size}{' --squash' if args.squash else ''}` ({elapsed:.0f} s on CPU).",
+        "",
+        "Frames go through the bundle's inference geometry: "
+        + (
+            "resized straight to the square network input (`--squash`, 4:3 frames are squashed)."
+            if args.squash
+            else "padded to a square physical extent, then resized (`keep_aspect`), and the labels mapped back."
+        ),
         "",
         "| cine | frames | fps | frames with an LV | LV area min-max (cm²) | period from LV area (s) "
         "| period from images (s) | EF from masks (%) |",

@@ -15,6 +15,7 @@ from scripts.data import (
     RandScaleCined,
     ResizeCined,
     SampleClipd,
+    aspect_padding,
     camus_datalist,
     clip_frame_indices,
 )
@@ -57,6 +58,59 @@ def test_resize_updates_spacing_and_keeps_labels():
     assert set(torch.unique(out["label"]).tolist()) == {0, 1, 2, 3}
     area_mm2 = (out["label"] == 1).sum().item() * 0.15 * 0.1
     assert area_mm2 == pytest.approx((label == 1).sum() * 0.3 * 0.2, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "target", "expected"),
+    [
+        ((240, 320), (0.5, 0.5), (128, 128), (40, 40, 0, 0)),  # 4:3 frame, square pixels: bands above and below
+        ((320, 240), None, (64, 64), (0, 0, 40, 40)),  # portrait, unknown spacing counts as square pixels
+        ((100, 200), (0.4, 0.2), (64, 64), (0, 0, 0, 0)),  # anisotropic pixels, physically square already
+        ((101, 100), (float("nan"), float("nan")), (32, 32), (0, 0, 0, 1)),  # odd padding goes to the right
+        ((60, 80), (1.0, 1.0), (96, 64), (30, 30, 0, 0)),  # non-square target: 3:2 physical aspect
+    ],
+)
+def test_aspect_padding(shape, spacing, target, expected):
+    assert aspect_padding(*shape, spacing, target) == expected
+
+
+def _disc_labels(H: int, W: int, cy: float, cx: float, radius_mm: float, spacing: tuple[float, float]) -> np.ndarray:
+    yy, xx = np.mgrid[:H, :W]
+    return (np.hypot((yy - cy) * spacing[0], (xx - cx) * spacing[1]) < radius_mm).astype(np.uint8)
+
+
+def test_resize_keep_aspect_keeps_shape_geometry_and_restores():
+    """A 4:3 frame with a circle stays a circle (squashing makes it an ellipse); labels map back onto the input."""
+    from scripts.inference import restore_labels
+
+    H, W, T, spacing = 60, 80, 2, (0.5, 0.5)
+    label = np.repeat(_disc_labels(H, W, 25.0, 55.0, 8.0, spacing)[..., None], T, axis=-1)
+    aff = torch.diag(torch.tensor([*spacing, 1.0, 1.0], dtype=torch.float64))
+    d = {
+        "image": MetaTensor(torch.as_tensor(label[None], dtype=torch.float32), affine=aff),
+        "label": MetaTensor(torch.as_tensor(label[None]), affine=aff),
+        "spacing": np.asarray(spacing, np.float32),
+    }
+    out = ResizeCined(spatial_size=64, keep_aspect=True)(d)
+    assert out["label"].shape == (1, 64, 64, T)
+    assert out["resize_padding"].tolist() == [10, 10, 0, 0]
+    np.testing.assert_allclose(out["spacing"], [0.625, 0.625], rtol=1e-6)  # 80 x 0.5 mm over 64 pixels, both axes
+    np.testing.assert_allclose(out["label"].pixdim.numpy()[:2], [0.625, 0.625], rtol=1e-6)
+    rows, cols = np.nonzero(out["label"].as_tensor()[0, ..., 0].numpy())
+    assert abs((rows.max() - rows.min()) - (cols.max() - cols.min())) <= 1  # still round
+    # The affine maps the disc's centre (output pixels) to the same place in mm as in the input.
+    centre_out = out["label"].affine.numpy() @ np.array([rows.mean(), cols.mean(), 0.0, 1.0])
+    np.testing.assert_allclose(centre_out[:2], [25.0 * 0.5, 55.0 * 0.5], atol=0.35)
+    squashed = ResizeCined(spatial_size=64)(d)
+    rows_s, cols_s = np.nonzero(squashed["label"].as_tensor()[0, ..., 0].numpy())
+    assert (rows_s.max() - rows_s.min()) - (cols_s.max() - cols_s.min()) >= 3  # squashing stretches rows
+
+    back = restore_labels(out["label"].as_tensor()[0].numpy(), H, W, spacing, keep_aspect=True)
+    assert back.shape == (H, W, T)
+    dice = 2 * (back & label).sum() / (back.sum() + label.sum())
+    assert dice > 0.95
+    wrong = restore_labels(out["label"].as_tensor()[0].numpy(), H, W, spacing, keep_aspect=False)
+    assert 2 * (wrong & label).sum() / (wrong.sum() + label.sum()) < dice - 0.1  # the inverse must match the forward
 
 
 AUGS = [

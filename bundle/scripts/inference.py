@@ -21,6 +21,7 @@ from monai.transforms import MapTransform
 from scripts.clinical._io import atomic_paths, json_safe
 from scripts.clinical.evaluation import largest_component
 from scripts.data.errors import EchoDataError
+from scripts.data.transforms import aspect_padding
 from scripts.data.video_io import load_cine
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,22 @@ def resize_labels(labels_HWT: np.ndarray, height: int, width: int) -> np.ndarray
     return resized[0].permute(1, 2, 0).to(torch.uint8).numpy()
 
 
+def restore_labels(
+    labels_hwt: np.ndarray, height: int, width: int, spacing: Sequence[float] | None, keep_aspect: bool
+) -> np.ndarray:
+    """Network-resolution labels ``[h, w, T]`` back onto the input's ``[height, width, T]`` pixel grid.
+
+    Undoes :class:`scripts.data.ResizeCined`: with ``keep_aspect`` the labels are resized to the padded frame that
+    :func:`scripts.data.aspect_padding` gives for the input's shape and ``spacing`` (row mm, col mm; NaN = unknown),
+    and the padding is cut off; without it they are resized straight to ``height x width``.
+    """
+    if not keep_aspect:
+        return resize_labels(labels_hwt, height, width)
+    top, bottom, left, right = aspect_padding(height, width, spacing, labels_hwt.shape[:2])
+    padded = resize_labels(labels_hwt, height + top + bottom, width + left + right)
+    return np.ascontiguousarray(padded[top : top + height, left : left + width])
+
+
 def label_nifti_like_input(labels_HWT: np.ndarray, source: str | Path, meta: Mapping[str, Any]) -> nib.Nifti1Image:
     """A NIfTI of the labels with the input's geometry.
 
@@ -124,7 +141,8 @@ class SaveCineResultd(MapTransform):
     - with ``clinical=True``: the LV curve CSV/PNG and report JSON of :func:`scripts.clinical.write_cine_report`
       and the contour overlays (PNG contact sheet and GIF) of :func:`scripts.clinical.save_overlay`.
 
-    Nothing is written for an input that fails; the error names the file.
+    ``keep_aspect`` must match the ``ResizeCined`` of the preprocessing (see :func:`restore_labels`). Nothing is
+    written for an input that fails; the error names the file.
     """
 
     def __init__(
@@ -135,9 +153,11 @@ class SaveCineResultd(MapTransform):
         lv_label: int = 1,
         clinical: bool = True,
         overlay: bool = True,
+        keep_aspect: bool = False,
     ) -> None:
         super().__init__(keys)
         self.output_dir = Path(output_dir)
+        self.keep_aspect = keep_aspect
         self.image_key = image_key
         self.lv_label = int(lv_label)
         self.clinical = clinical
@@ -164,7 +184,7 @@ class SaveCineResultd(MapTransform):
             pred_hwt = pred_hwt[0]
         if pred_hwt.shape[-1] != original.shape[-1]:
             raise EchoDataError(source, f"prediction has {pred_hwt.shape[-1]} frames, input has {original.shape[-1]}")
-        labels = resize_labels(pred_hwt, original.shape[0], original.shape[1])
+        labels = restore_labels(pred_hwt, original.shape[0], original.shape[1], meta["spacing"], self.keep_aspect)
         stem = output_stem(source)
         spacing = tuple(float(s) for s in meta["spacing"])
         known = bool(meta.get("spacing_known", all(math.isfinite(s) for s in spacing)))

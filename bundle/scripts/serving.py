@@ -19,7 +19,7 @@ import torch
 from monai.transforms import MapTransform
 
 from scripts.data.video_io import load_cine
-from scripts.inference import label_nifti_like_input, resize_labels
+from scripts.inference import label_nifti_like_input, restore_labels
 
 
 class LabelToInputGeometryd(MapTransform):
@@ -29,12 +29,15 @@ class LabelToInputGeometryd(MapTransform):
     writes them); other inputs an ``H x W x T`` grid with ``diag(row mm, col mm, frame s)``. The input path comes from
     ``image_path`` (set by MONAI Label), ``source`` or the image's ``filename_or_obj``. Sets
     ``image.meta["spatial_shape"]`` and ``image.meta["original_affine"]`` so that MONAI Label's ``Restored`` keeps the
-    array and its ``Writer`` uses that affine.
+    array and its ``Writer`` uses that affine. ``keep_aspect`` must match the ``ResizeCined`` of the preprocessing.
     """
 
-    def __init__(self, keys: Sequence[Hashable] = ("pred",), image_key: str = "image") -> None:
+    def __init__(
+        self, keys: Sequence[Hashable] = ("pred",), image_key: str = "image", keep_aspect: bool = False
+    ) -> None:
         super().__init__(keys)
         self.image_key = image_key
+        self.keep_aspect = keep_aspect
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -48,7 +51,8 @@ class LabelToInputGeometryd(MapTransform):
             pred_hwt = np.asarray(torch.as_tensor(d[key]).detach().cpu()).astype(np.uint8)
             if pred_hwt.ndim == 4:
                 pred_hwt = pred_hwt[0]
-            labels = resize_labels(pred_hwt, original.shape[0], original.shape[1])
+            height, width = original.shape[0], original.shape[1]
+            labels = restore_labels(pred_hwt, height, width, cine_meta["spacing"], self.keep_aspect)
             nifti = label_nifti_like_input(labels, source, cine_meta)
             array = np.asanyarray(nifti.dataobj).astype(np.uint8)
             d[key] = torch.as_tensor(array[None])

@@ -15,6 +15,7 @@ from .transforms import (
     RandScaleCined,
     ResizeCined,
     SampleClipd,
+    aspect_padding,
     clip_frame_indices,
 )
 from .video_io import LoadCined, load_cine
@@ -30,6 +31,7 @@ __all__ = [
     "RandScaleCined",
     "ResizeCined",
     "SampleClipd",
+    "aspect_padding",
     "camus_datalist",
     "clip_frame_indices",
     "echonet_datalist",

@@ -25,6 +25,7 @@ __all__ = [
     "RandScaleCined",
     "ResizeCined",
     "SampleClipd",
+    "aspect_padding",
     "clip_frame_indices",
 ]
 
@@ -114,12 +115,40 @@ def _unframes(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return y.round().to(like.dtype) if not like.is_floating_point() else y.to(like.dtype).contiguous()
 
 
+def aspect_padding(
+    height: int, width: int, spacing: Sequence[float] | None, target: Sequence[int]
+) -> tuple[int, int, int, int]:
+    """Zero rows/columns ``(top, bottom, left, right)`` that give an ``height x width`` frame the target's shape.
+
+    The padded frame's physical extent (rows x row spacing by columns x column spacing, in mm) has the aspect ratio
+    ``target[0] : target[1]``, so that resizing it to ``target`` keeps the anatomy's proportions (square pixels of
+    equal size in both directions). Unknown spacing (``None``, NaN or not positive) counts as square pixels. Padding
+    is split evenly, the odd row/column going to the bottom/right. Used by :class:`ResizeCined` and, to undo it, by
+    :func:`scripts.inference.restore_labels`.
+    """
+    row, col = (float(s) for s in spacing) if spacing is not None else (1.0, 1.0)
+    if not (math.isfinite(row) and math.isfinite(col) and row > 0 and col > 0):
+        row, col = 1.0, 1.0
+    ratio = float(target[0]) / float(target[1])
+    extent_h, extent_w = height * row, width * col
+    if extent_h < extent_w * ratio:
+        pad = max(0, int(round(extent_w * ratio / row)) - height)
+        return pad // 2, pad - pad // 2, 0, 0
+    pad = max(0, int(round(extent_h / ratio / col)) - width)
+    return 0, 0, pad // 2, pad - pad // 2
+
+
 class ResizeCined(MapTransform):
     """Resize every frame of ``[C, H, W, T]`` to ``spatial_size`` and update the spacing.
 
     ``spacing_new = spacing_old * old_size / new_size`` in ``d["spacing"]`` and in the MetaTensor affine (pixel
     centres kept). Modes per key: ``"bilinear"`` (antialiased when shrinking), ``"area"``, ``"bicubic"`` or
     ``"nearest"`` (labels).
+
+    ``keep_aspect=True`` first pads the frames with zeros (see :func:`aspect_padding`, from ``d["spacing"]``) so that
+    their physical aspect ratio is the target's: a 4:3 ultrasound frame becomes a square with dark bands instead of
+    being squashed, and the resized pixels are square in mm. The padding is stored in ``d["resize_padding"]``
+    (top, bottom, left, right, in input pixels); :func:`scripts.inference.restore_labels` undoes it.
     """
 
     def __init__(
@@ -127,17 +156,25 @@ class ResizeCined(MapTransform):
         keys: KeysCollection = ("image", "label"),
         spatial_size: int | Sequence[int] = 256,
         mode: str | Sequence[str] = ("bilinear", "nearest"),
+        keep_aspect: bool = False,
         allow_missing_keys: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.size = (spatial_size, spatial_size) if isinstance(spatial_size, int) else tuple(spatial_size)
         self.modes = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
+        self.keep_aspect = keep_aspect
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         scale = None
+        padding = (0, 0, 0, 0)
         for key, mode in self.key_iterator(d, self.modes):
             x = _plain(d[key])
+            if self.keep_aspect:
+                spacing = d.get("spacing")
+                padding = aspect_padding(x.shape[1], x.shape[2], None if spacing is None else spacing, self.size)
+                top, bottom, left, right = padding
+                x = F.pad(x.permute(3, 0, 1, 2), (left, right, top, bottom)).permute(1, 2, 3, 0)
             H, W = x.shape[1:3]
             scale = (H / self.size[0], W / self.size[1])
             kw: dict[str, Any] = {"antialias": True} if mode in ("bilinear", "bicubic") else {}
@@ -150,11 +187,14 @@ class ResizeCined(MapTransform):
             if isinstance(d[key], MetaTensor):
                 s = torch.eye(4, dtype=torch.float64)
                 s[0, 0], s[1, 1] = scale
-                s[0, 3], s[1, 3] = (scale[0] - 1) / 2, (scale[1] - 1) / 2
+                s[0, 3] = (scale[0] - 1) / 2 - padding[0]
+                s[1, 3] = (scale[1] - 1) / 2 - padding[2]
                 affine = d[key].affine.to(torch.float64) @ s
             d[key] = _rewrap(d[key], _unframes(y, x), affine)
         if scale is not None and "spacing" in d:
             d["spacing"] = np.asarray(d["spacing"], dtype=np.float32) * np.asarray(scale, dtype=np.float32)
+        if scale is not None and self.keep_aspect:
+            d["resize_padding"] = np.asarray(padding, dtype=np.int64)
         return d
 
 
