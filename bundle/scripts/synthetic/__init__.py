@@ -4,7 +4,7 @@ A random phantom (apical two- or four-chamber view) is imaged in a scan sector: 
 scatterers fixed to the tissue and moved by the same deformation as the anatomy, a laterally elongated
 point-spread function in the beam (polar) domain, envelope and log compression, depth attenuation, TGC and
 lateral gain ripple, specular wall dropout, rib shadow, reverberation clutter near the probe and the apex, then
-scan conversion into a square image (apex of the sector at the top, dark outside). See ``docs/synthetic.md``.
+scan conversion into a square image (apex of the sector near the top, dark outside). See ``docs/synthetic.md``.
 
 API
 ---

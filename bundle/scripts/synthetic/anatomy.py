@@ -99,6 +99,22 @@ def valve_lines(u: np.ndarray, v: np.ndarray, g: FrameGeometry, opening: float, 
     return out
 
 
+def annulus_spots(u: np.ndarray, v: np.ndarray, g: FrameGeometry, four_chamber: bool) -> np.ndarray:
+    """Brightness (0..1) of the fibrous valve annuli (the bright AV plane): blobs at the mitral (and tricuspid)
+    annulus points and, in 4CH, the crux where the septa meet."""
+    h = g.mitral_half_width
+    spots = [(g.mitral_u, -h, 3.0), (g.mitral_u, h, 3.0)]
+    if four_chamber:
+        spots += [
+            (g.tricuspid_u, g.rv_center_v - 0.8 * g.rv_b, 2.5),
+            (0.5 * (g.mitral_u + g.tricuspid_u), -h - 5.0, 4.0),
+        ]
+    out = np.zeros(u.shape, np.float32)
+    for su, sv, r in spots:
+        out = np.maximum(out, np.exp(-((u - su) ** 2 + (v - sv) ** 2) / r**2))
+    return out
+
+
 def wall_normals(u: np.ndarray, v: np.ndarray, g: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
     """Unit normals (LV frame) of the mid-wall ellipse family through each point, used for specular dropout."""
     a = g.a + 0.5 * g.wall_apex

@@ -1,8 +1,10 @@
 """Anatomy and motion of the synthetic apical echo phantom (no image formation here).
 
-Coordinates are physical, in mm. The image plane has ``x`` to the right (0 at the image centre) and ``z`` down
-(0 at the top edge). The LV has its own frame: origin at the endocardial apex (fixed over the cycle), ``u``
-along the long axis towards the mitral plane, ``v`` perpendicular (``+v`` to the screen right before tilt).
+Coordinates are physical, in mm. The image plane has ``x`` to the right and ``z`` down, with the origin at the
+probe (the apex of the scan sector); the probe sits at ``(probe_x, probe_z)`` in the square image (``x`` from the
+image's vertical centre line, ``z`` from its top edge). The LV has its own frame: origin at the endocardial
+apex (fixed over the cycle), ``u`` along the long axis towards the mitral plane, ``v`` perpendicular (``+v`` to
+the screen right before tilt).
 
 LV cavity: a prolate ellipse (semi-axes ``a`` along ``u``, ``b`` across, centre at ``u = a``) truncated at the
 mitral plane ``u = a (1 + kappa)``. Rotated about its long axis it is a truncated prolate ellipsoid with
@@ -45,6 +47,8 @@ class Phantom:
     rv_width: float  # 4CH: RV semi-axis across at ED
     heart_rate: float  # beats per minute
     systole_fraction: float  # duration of systole / duration of the cycle
+    probe_x: float = 0.0  # probe (sector apex) position in the image: from the vertical centre line
+    probe_z: float = 0.0  # ... and from the top edge
 
     @property
     def lv_length_ed(self) -> float:
@@ -53,7 +57,13 @@ class Phantom:
 
 
 def sample_phantom(rng: np.random.Generator, view: str, ef: float | None = None) -> Phantom:
-    """Draw a random but plausible phantom; ``ef`` (fraction) fixes the ejection fraction, else U(0.20, 0.75)."""
+    """Draw a random but plausible phantom; ``ef`` (fraction) fixes the ejection fraction, else U(0.20, 0.75).
+
+    4CH is laid out as a standard apical four-chamber view: the interventricular septum runs near the sector's
+    midline, the LV (and LA) in the right half, the RV (and RA) in the left half. 2CH has the LV roughly central.
+    The field of view is randomly larger than the sector (zoom) and the probe a little off the top centre, so the
+    heart is sometimes small in the image, as in real frames padded to a square.
+    """
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
     ef_draw = rng.uniform(0.20, 0.75)
@@ -61,35 +71,85 @@ def sample_phantom(rng: np.random.Generator, view: str, ef: float | None = None)
         ef = ef_draw
     if not EF_RANGE[0] <= ef <= EF_RANGE[1]:
         raise ValueError(f"ef={ef!r} is out of range; give a fraction in [{EF_RANGE[0]}, {EF_RANGE[1]}]")
-    depth = rng.uniform(135.0, 170.0)
+    four = view == "4CH"
     length = rng.uniform(75.0, 92.0) * (1.0 + 0.25 * (0.55 - ef))  # dilated ventricles when EF is low
     kappa = rng.uniform(0.62, 0.8)
     a_ed = length / (1.0 + kappa)
     b_ed = a_ed * rng.uniform(0.44, 0.54) * (1.0 + 0.4 * (0.55 - ef))
-    four = view == "4CH"
+    wall_apex, wall_side = rng.uniform(6.0, 9.0), rng.uniform(8.0, 11.0)
+    la_length = rng.uniform(38.0, 52.0)
+    apex_z = rng.uniform(30.0, 55.0)
+    tilt = np.deg2rad(rng.uniform(3.0, 14.0) if four else rng.uniform(-8.0, 8.0))
+    # scan depth: at least the far wall of the atria plus some tissue behind them
+    depth = max(rng.uniform(140.0, 210.0), apex_z + length + la_length + rng.uniform(12.0, 30.0))
+    half_angle = np.deg2rad(rng.uniform(40.0, 47.0) if four else rng.uniform(34.0, 42.0))
+    c, s = np.cos(tilt), np.sin(tilt)
+    if four:
+        # mid-septum (centre line of the septal wall at the LV's widest level) near the sector midline
+        x_septum = rng.uniform(-12.0, 3.0)
+        apex_x = x_septum - a_ed * s + (b_ed + 0.5 * wall_side) * c
+    else:
+        apex_x = rng.uniform(-6.0, 6.0)
+    apex_x += _sector_shift(apex_x, apex_z, tilt, a_ed, b_ed, kappa, wall_apex, wall_side, half_angle)
+    fov = depth * rng.uniform(1.0, 1.6)
+    probe_z = rng.uniform(0.0, 1.0) * min(0.2 * fov, fov - depth)
+    probe_x = rng.uniform(-0.05, 0.05) * fov
     return Phantom(
         view=view,
         depth=depth,
-        half_angle=np.deg2rad(rng.uniform(34.0, 40.0)),
-        fov=depth * rng.uniform(1.0, 1.06),
-        apex_x=rng.uniform(-6.0, 6.0) + (4.0 if four else 0.0),
-        apex_z=rng.uniform(0.10, 0.17) * depth,
-        tilt=np.deg2rad(rng.uniform(3.0, 14.0) if four else rng.uniform(-8.0, 8.0)),
+        half_angle=half_angle,
+        fov=fov,
+        apex_x=apex_x,
+        apex_z=apex_z,
+        tilt=tilt,
         a_ed=a_ed,
         b_ed=b_ed,
         kappa=kappa,
-        wall_apex=rng.uniform(6.0, 9.0),
-        wall_side=rng.uniform(8.0, 11.0),
+        wall_apex=wall_apex,
+        wall_side=wall_side,
         thickening=rng.uniform(0.3, 0.6) * min(1.0, ef / 0.55),
         ef=float(ef),
         long_share=rng.uniform(0.15, 0.3),
         la_width=rng.uniform(1.15, 1.4),
-        la_length=rng.uniform(38.0, 52.0),
+        la_length=la_length,
         rv_apex=rng.uniform(0.22, 0.35),
-        rv_width=rng.uniform(14.0, 19.0),
+        rv_width=rng.uniform(0.7, 0.95) * b_ed,
         heart_rate=rng.uniform(55.0, 95.0),
         systole_fraction=rng.uniform(0.34, 0.42),
+        probe_x=probe_x,
+        probe_z=probe_z,
     )
+
+
+def _sector_shift(
+    apex_x: float,
+    apex_z: float,
+    tilt: float,
+    a: float,
+    b: float,
+    kappa: float,
+    wall_apex: float,
+    wall_side: float,
+    half_angle: float,
+    margin: float = np.deg2rad(1.5),
+) -> float:
+    """Smallest sideways shift (mm) of the apex that keeps the ED epicardium of the LV inside the sector.
+
+    The whole LV (cavity and wall, up to the mitral plane) then lies ``margin`` inside the sector edges, so its
+    labels are never cut by the sector. If it cannot fit, the shift centres it.
+    """
+    t = np.linspace(0.0, 2.0 * np.pi, 181)
+    u = a + (a + wall_apex) * np.cos(t)
+    v = (b + wall_side) * np.sin(t)
+    keep = u <= a * (1.0 + kappa)
+    u, v = u[keep], v[keep]
+    c, s = np.cos(tilt), np.sin(tilt)
+    x, z = apex_x + u * s + v * c, apex_z + u * c - v * s
+    reach = np.clip(z, 0.0, None) * np.tan(half_angle - margin)
+    lo, hi = float(np.max(-reach - x)), float(np.min(reach - x))
+    if lo > hi:
+        return 0.5 * (lo + hi)
+    return float(np.clip(0.0, lo, hi))
 
 
 def contraction(phase: np.ndarray | float, systole_fraction: float) -> np.ndarray:
@@ -167,7 +227,7 @@ def frame_geometry(ph: Phantom, s: float) -> FrameGeometry:
         la_a=la_a,
         la_b=la_b,
         rv_center_u=rv_apex_u + rv_a,
-        rv_center_v=-(b + ph.wall_side * thick) - 0.3 * rv_b,
+        rv_center_v=-(b + ph.wall_side * thick) - 0.75 * rv_b,
         rv_a=rv_a,
         rv_b=rv_b,
         tricuspid_u=tricuspid_u,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .anatomy import regions, valve_lines, wall_normals
+from .anatomy import annulus_spots, regions, valve_lines, wall_normals
 from .phantom import FrameGeometry, Phantom, frame_geometry, reference_coords, to_lv_frame
 
 
@@ -23,9 +23,12 @@ class Appearance:
     attenuation_db: float  # net depth loss left after TGC, at full depth
     tgc_db: tuple[float, ...]  # TGC ripple at equally spaced depths
     lateral_db: tuple[float, ...]  # lateral gain ripple across the sector
+    edge_db: float  # loss at the sector edges
     blood: float
     background: float
     myocardium: float
+    septum: float  # 4CH: extra echo of the interventricular septum (factor)
+    annulus: float  # bright valve annuli / AV plane (relative to the myocardium)
     pericardium: float
     specular_floor: float
     specular_power: float
@@ -34,36 +37,65 @@ class Appearance:
     shadow_db: float
     shadow_angle: float
     haze: float
+    fog: float  # diffuse clutter over the whole sector (haze in the blood pools)
     apex_clutter: float
     noise: float
     psf_axial_mm: float
     psf_lateral_deg: float
+    display_blur: float  # Gaussian smoothing of the displayed image (pixels at 256 px)
+    brightness: float  # display gain: the brightest echoes map to this grey level
+
+
+RANGES: dict[str, tuple[float, float]] = {
+    "dynamic_range": (45.0, 70.0),
+    "gamma": (1.2, 2.4),
+    "gain_db": (-3.0, 3.0),
+    "attenuation_db": (4.0, 16.0),
+    "edge_db": (6.0, 24.0),
+    "blood": (0.004, 0.02),
+    "background": (0.04, 0.16),
+    "myocardium": (0.35, 0.8),
+    "septum": (1.0, 1.8),
+    "annulus": (0.8, 2.2),
+    "pericardium": (0.8, 2.6),
+    "specular_floor": (0.15, 0.6),
+    "specular_power": (1.0, 3.0),
+    "haze": (0.15, 0.8),
+    "fog": (0.0, 0.012),
+    "apex_clutter": (0.03, 0.2),
+    "noise": (0.0003, 0.003),
+    "psf_axial_mm": (0.55, 1.6),
+    "psf_lateral_deg": (0.9, 2.6),
+    "display_blur": (0.0, 1.2),
+    "brightness": (0.4, 1.0),
+}
+"""Ranges of the uniform draws of :func:`sample_appearance` (dropout, shadow and the ripples are drawn apart)."""
 
 
 def sample_appearance(rng: np.random.Generator) -> Appearance:
-    """Draw acquisition settings: contrast, gamma, gain/TGC, clutter, dropout, PSF size."""
+    """Draw acquisition settings: contrast, gamma, gain/TGC, clutter and haze, dropout, PSF size, display gain.
+
+    The ranges (:data:`RANGES`) span crisp, bright, high-contrast images and dark, blurry, hazy, low-contrast ones
+    like many real apical views. The PSF size is drawn skewed towards blurry (the maximum of two draws).
+    """
+
+    def draw(name: str) -> float:
+        lo, hi = RANGES[name]
+        return float(rng.uniform(lo, hi))
+
+    values = {name: draw(name) for name in RANGES}
+    blur = max(rng.random(), rng.random())
+    for name in ("psf_axial_mm", "psf_lateral_deg"):
+        lo, hi = RANGES[name]
+        values[name] = lo + blur * (hi - lo)
     return Appearance(
-        dynamic_range=rng.uniform(45.0, 60.0),
-        gamma=rng.uniform(1.4, 2.1),
-        gain_db=rng.uniform(-3.0, 3.0),
-        attenuation_db=rng.uniform(4.0, 14.0),
         tgc_db=tuple(rng.uniform(-2.5, 2.5, 5)),
         lateral_db=tuple(rng.uniform(-2.0, 2.0, 4)),
-        blood=rng.uniform(0.004, 0.012),
-        background=rng.uniform(0.07, 0.18),
-        myocardium=rng.uniform(0.45, 0.8),
-        pericardium=rng.uniform(1.6, 2.6),
-        specular_floor=rng.uniform(0.35, 0.6),
-        specular_power=rng.uniform(1.0, 2.5),
-        dropout_db=rng.uniform(0.0, 10.0) if rng.random() < 0.6 else 0.0,
+        dropout_db=rng.uniform(0.0, 12.0) if rng.random() < 0.6 else 0.0,
         dropout_angle=rng.uniform(0.2, 0.7) * rng.choice([-1.0, 1.0]),
         shadow_db=rng.uniform(6.0, 14.0) if rng.random() < 0.3 else 0.0,
         shadow_angle=rng.uniform(-0.9, 0.9),
-        haze=rng.uniform(0.2, 0.6),
-        apex_clutter=rng.uniform(0.03, 0.15),
-        noise=rng.uniform(0.003, 0.01),
-        psf_axial_mm=rng.uniform(0.55, 0.85),
-        psf_lateral_deg=rng.uniform(0.9, 1.4),
+        **values,
     )
 
 
@@ -97,7 +129,7 @@ class Renderer:
         gain = app.gain_db - app.attenuation_db * rel
         gain += np.interp(rel, np.linspace(0, 1, len(app.tgc_db)), app.tgc_db)
         gain += np.interp(ang, np.linspace(-1, 1, len(app.lateral_db)), app.lateral_db)
-        gain -= 10.0 * np.abs(ang) ** 8
+        gain -= app.edge_db * np.abs(ang) ** 4
         gain -= app.dropout_db * np.exp(-(((ang - app.dropout_angle) / 0.15) ** 2) - ((rel - 0.45) / 0.2) ** 2)
         gain -= app.shadow_db * np.exp(-(((ang - app.shadow_angle) / 0.08) ** 2)) * (rel > 0.12)
         self.gain = (10.0 ** (gain / 20.0)).astype(np.float32)
@@ -118,14 +150,20 @@ class Renderer:
         clutter_amp = app.haze * np.exp(-R / 16.0)
         apex_d = np.hypot(self.pu - 8.0, self.pv) / 14.0
         clutter_amp += app.apex_clutter * np.exp(-(apex_d**2))
+        fog = ndi.gaussian_filter(rng.standard_normal((12, 12)).astype(np.float32), 1.5)
+        fog = ndi.map_coordinates(fog, [rel * 11.0, (ang + 1.0) * 5.5], order=1, mode="nearest")
+        clutter_amp += app.fog * np.exp(0.8 * fog / (fog.std() + 1e-6)) * np.clip(rel / 0.15, 0.0, 1.0)
         clutter_noise = rng.standard_normal(R.shape, np.float32) + 1j * rng.standard_normal(R.shape, np.float32)
         self.clutter = (clutter_amp * clutter_noise).astype(np.complex64)
         self.clutter_unit = clutter_noise.astype(np.complex64)
         self.sig_axial = app.psf_axial_mm / self.dr
         self.sig_lateral = np.deg2rad(app.psf_lateral_deg) / self.dt
+        # A wider PSF averages more scatterers: keep the speckle energy (relative to the noise) independent of it
+        # (white input loses a factor sqrt(4 pi sig_a sig_l) in amplitude; 7 is that factor at the original size).
+        self.psf_norm = float(np.sqrt(4.0 * np.pi * self.sig_axial * self.sig_lateral) / 7.0)
         # Scan conversion: Cartesian pixel centres to fractional polar indices.
         c = (np.arange(size) + 0.5) * self.spacing
-        Z, X = np.meshgrid(c, c - 0.5 * ph.fov, indexing="ij")
+        Z, X = np.meshgrid(c - ph.probe_z, c - 0.5 * ph.fov - ph.probe_x, indexing="ij")
         cr, ct = np.hypot(X, Z), np.arctan2(X, Z)
         self.sector = (cr < ph.depth) & (np.abs(ct) < ph.half_angle)
         self.taper = (
@@ -134,6 +172,7 @@ class Renderer:
         self.scan = np.stack([cr / self.dr - 0.5, (ct + ph.half_angle) / self.dt - 0.5])
         self.cu, self.cv = to_lv_frame(ph, X, Z)
         self.ref_level: float | None = None
+        self.blur = app.display_blur * size / 256.0
 
     def _echogenicity(self, g: FrameGeometry, opening: float) -> tuple[np.ndarray, np.ndarray]:
         """Tissue amplitude and blood amplitude on the polar grid, both [n_r, n_t] float32."""
@@ -145,6 +184,9 @@ class Renderer:
         tissue = np.full(self.pu.shape, app.background, np.float32)
         tissue[reg.myo] = app.myocardium
         tissue *= np.where(reg.myo, spec, 1.0).astype(np.float32)
+        if self.four:  # the septum stays bright although parallel to the beams (two blood interfaces, thick)
+            sept = reg.myo & (self.pv < 0.0)
+            tissue[sept] = app.myocardium * app.septum * np.maximum(spec[sept], 0.75)
         tissue = np.where(reg.pericardium, app.pericardium * spec, tissue)
         tissue = np.where(reg.rv_wall, 0.8 * app.myocardium, tissue)
         au, av = (self.pu - g.la_center) / g.la_a**2, self.pv / g.la_b**2
@@ -153,6 +195,7 @@ class Renderer:
         blood = reg.blood
         tissue[blood] = 0.0
         tissue = np.maximum(tissue, 1.3 * valve_lines(self.pu, self.pv, g, opening, self.four))
+        tissue = np.maximum(tissue, app.annulus * app.myocardium * annulus_spots(self.pu, self.pv, g, self.four))
         return tissue.astype(np.float32), np.where(blood, app.blood, 0.0).astype(np.float32)
 
     def frame(self, s: float, opening: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -170,11 +213,11 @@ class Renderer:
         shape = tissue.shape
         fresh = self.rng.standard_normal(shape, np.float32) + 1j * self.rng.standard_normal(shape, np.float32)
         amp = tissue * tex
-        sidelobe = ndi.gaussian_filter1d(amp, 5.0 * self.sig_lateral, axis=1, truncate=2.0)
+        sidelobe = ndi.gaussian_filter1d(amp, min(5.0 * self.sig_lateral, 20.0), axis=1, truncate=2.0)
         field = amp * speck + blood * fresh + self.clutter + (0.06 * sidelobe) * self.clutter_unit
         field = ndi.gaussian_filter1d(field, self.sig_axial, axis=0, truncate=3.0)
         field = ndi.gaussian_filter1d(field, self.sig_lateral, axis=1, truncate=3.0)
-        env = np.abs(field) * self.gain
+        env = np.abs(field) * (self.gain * self.psf_norm)
         noise = self.rng.standard_normal(shape, np.float32) + 1j * self.rng.standard_normal(shape, np.float32)
         env = np.abs(env + self.app.noise * noise)
         if self.ref_level is None:
@@ -182,6 +225,9 @@ class Renderer:
         db = 20.0 * np.log10(env / self.ref_level + 1e-6)
         polar = np.clip((db + self.app.dynamic_range) / self.app.dynamic_range, 0.0, 1.0) ** self.app.gamma
         img = ndi.map_coordinates(polar.astype(np.float32), self.scan, order=1, mode="nearest") * self.taper
+        if self.blur > 0.3:
+            img = ndi.gaussian_filter(img, self.blur, truncate=2.5)
+        img *= self.app.brightness
         label = regions(self.cu, self.cv, g, self.four).labels()
         label[~self.sector] = 0
         return np.clip(img, 0.0, 1.0).astype(np.float32), label

@@ -116,6 +116,7 @@ def generate_sequence(
             "depth_mm": ph.depth,
             "half_angle_deg": float(np.rad2deg(ph.half_angle)),
             "fov_mm": ph.fov,
+            "probe_xz_mm": (ph.probe_x, ph.probe_z),
         },
         "phantom": ph,
     }

@@ -194,7 +194,7 @@ def tracings(seq: dict[str, Any], frame: int, n_chords: int = 20) -> list[tuple[
 
     def px(u: float, v: float) -> tuple[float, float]:
         x, z = from_lv_frame(ph, np.float64(u), np.float64(v))
-        return float((x + 0.5 * ph.fov) / sp - 0.5), float(z / sp - 0.5)
+        return float((x + ph.probe_x + 0.5 * ph.fov) / sp - 0.5), float((z + ph.probe_z) / sp - 0.5)
 
     rows = [px(0.0, 0.0) + px(g.mitral_u, 0.0)]
     for u in np.linspace(0.0, g.mitral_u, n_chords + 1)[1:]:
