@@ -42,7 +42,7 @@ Usage (from the repository root):
     python bench/accuracy.py --device cuda --data results/accuracy_data.npz      # all rows, one seed
     python bench/accuracy.py --device cuda --seeds 0 1 2 --fit-minutes 15        # several seeds, capped time
     python bench/accuracy.py --quick                                             # tiny CPU smoke run (< 2 min)
-    python bench/accuracy.py --docs-from run.json --docs page.md                 # docs page of a saved (partial) run
+    python bench/accuracy.py --docs-from a.json b.json --docs page.md            # docs page of saved (partial) runs
 Writes ``results/bench_accuracy.json`` (``--out``; the JSON is rewritten after every row) and, unless
 ``--quick``, ``docs/benchmarks_accuracy.md`` (``--docs``); prints a Markdown table.
 """
@@ -836,8 +836,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--docs-from",
         type=Path,
+        nargs="+",
         default=None,
-        help="only write --docs from a saved JSON (also a partial one, e.g. of a run stopped by a time limit)",
+        help="only write --docs from saved JSONs of one or more runs (also partial ones, stopped by a time limit)",
     )
     return parser.parse_args(argv)
 
@@ -860,11 +861,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     workers = args.workers or len(os.sched_getaffinity(0))
     rows = [r for r in ROWS if args.rows is None or r.name in args.rows]
 
+    if args.docs_from is not None:  # the saved runs name their data file's key; the generator may have moved on
+        with np.load(data_path) as stored:
+            docs_from_json(args.docs_from, args.docs, {k: stored[k] for k in stored.files})
+        return
     data = load_or_generate(data_path, split, workers, args.regenerate)
     if args.generate_only:
-        return
-    if args.docs_from is not None:
-        docs_from_json(args.docs_from, args.docs, data)
         return
     # Fail now, not after training, if a package the evaluation needs is missing (e.g. pytorch-ignite for metrics).
     try:
@@ -1040,39 +1042,63 @@ def run_rows(
     return payload
 
 
-def docs_from_json(json_path: Path, docs_path: Path, data: dict[str, np.ndarray]) -> None:
-    """Write the docs page from a saved JSON; a partial run (stopped by a time limit) is marked as such.
+def docs_from_json(json_paths: Sequence[Path], docs_path: Path, data: dict[str, np.ndarray]) -> None:
+    """Write the docs page from saved JSONs of one or more runs (also partial ones, stopped by a time limit).
 
-    Rows whose test evaluation had not finished show n/a; the ground-truth reference EF (computed at the end of a
-    run) is recomputed from ``data`` when missing, after checking that the JSON was made on the same data.
+    Runs are merged per (row, seed): a record with test metrics wins over one without, a later file over an earlier
+    one. All files must come from the same data (``data``'s key) and budget. Rows whose test evaluation never
+    finished show n/a and are named with their validation Dice; the ground-truth reference EF (computed at the end
+    of a run) is recomputed from ``data`` when missing.
     """
-    payload = json.loads(json_path.read_text())
-    if payload.get("data_key") != str(data["key"]):
-        raise SystemExit(f"{json_path}: data key {payload.get('data_key')} is not that of the data file {data['key']}")
-    planned = len(payload["seeds"]) * len(ROWS)
-    done = [r for r in payload["runs"] if not r.get("failed")]
-    evaluated = [r for r in done if r.get("dice") is not None]
-    partial = "summary" not in payload
-    if "reference_gt_masks" not in payload:
-        payload["reference_gt_masks"] = reference_ef(data)
+    payloads = [json.loads(Path(path).read_text()) for path in json_paths]
+    for path, payload in zip(json_paths, payloads, strict=True):
+        if payload.get("data_key") != str(data["key"]):
+            raise SystemExit(f"{path}: data key {payload.get('data_key')} is not that of the data file {data['key']}")
+        if payload["budget"] != payloads[0]["budget"]:
+            raise SystemExit(
+                f"{path}: budget {payload['budget']} differs from {json_paths[0]}'s {payloads[0]['budget']}"
+            )
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for payload in payloads:
+        for record in payload["runs"]:
+            key = (record["row"], record["seed"])
+            if key not in merged or record.get("dice") is not None or merged[key].get("dice") is None:
+                merged[key] = record
+    payload = dict(payloads[0])
+    payload["runs"] = list(merged.values())
+    payload["command"] = "\n".join(p["command"] for p in payloads)
+    payload["run_time_s"] = sum(p.get("run_time_s", 0.0) for p in payloads)
+    payload["seeds"] = sorted({s for p in payloads for s in p["seeds"]})
+    payload["reference_gt_masks"] = next(
+        (p["reference_gt_masks"] for p in payloads if "reference_gt_masks" in p), None
+    ) or reference_ef(data)
     summary = aggregate(payload["runs"])
     payload.update(summary=summary, findings=findings(summary), table=markdown_table(summary))
-    if partial:
-        unevaluated = "; ".join(
-            f"{r['label']} (seed {r['seed']}): best validation Dice {r['val_dice']:.3f}"
-            for r in done
-            if r.get("dice") is None and r.get("val_dice") is not None
-        )
-        payload["partial_note"] = (
-            f"**Partial run**: stopped by its time limit after {len(done)} of {planned} planned trainings, "
-            f"{len(evaluated)} of them with test metrics (rows without show n/a"
-            + (f"; {unevaluated}" if unevaluated else "")
-            + "); the CPU frames/s, measured at the end of a run, are missing. Page written by "
-            f"`python bench/accuracy.py --docs-from {json_path.name} ...` from the run's JSON."
-        )
+    done = [r for r in payload["runs"] if not r.get("failed")]
+    unevaluated = "; ".join(
+        f"{r['label']} (seed {r['seed']}): best validation Dice {r['val_dice']:.3f}"
+        for r in done
+        if r.get("dice") is None and r.get("val_dice") is not None
+    )
+    stopped = [Path(path).name for path, p in zip(json_paths, payloads, strict=True) if "summary" not in p]
+    notes = []
+    if len(payloads) > 1:
+        notes.append(f"Merged from {len(payloads)} runs (one command each, above).")
+    if stopped:
+        notes.append(f"Stopped by a time limit: {', '.join(stopped)} (rows it had not tested show n/a).")
+    if unevaluated:
+        notes.append(f"Trained but not tested: {unevaluated}.")
+    if any(r.get("cpu_fps") is None for r in done):
+        notes.append("CPU frames/s are measured at the end of a run: rows from a stopped run have none.")
+    notes.append(
+        "Page written by `python bench/accuracy.py --docs-from "
+        + " ".join(Path(path).name for path in json_paths)
+        + " ...` from the runs' JSON."
+    )
+    payload["partial_note"] = " ".join(notes)
     write_docs(docs_path, payload, payload["table"])
     print(payload["table"])
-    print(f"wrote {docs_path} from {json_path}", flush=True)
+    print(f"wrote {docs_path} from {', '.join(str(p) for p in json_paths)}", flush=True)
 
 
 def collect_evaluations(pending: list[tuple[dict[str, Any], Any]], block: bool) -> None:
