@@ -220,12 +220,10 @@ def build_model(spec: RowSpec) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------------- data
 def generator_digest() -> str:
-    """sha1 of the synthetic generator's source files (a cached data file from another generator is refused)."""
-    digest = hashlib.sha1()
-    for path in sorted((REPO_ROOT / "bundle" / "scripts" / "synthetic").glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+    """The synthetic generator's version (sha1 of its sources): a cached data file from another one is refused."""
+    from scripts.synthetic import generator_version
+
+    return generator_version()
 
 
 def _worker_init() -> None:

@@ -263,3 +263,38 @@ def test_speed_256() -> None:
         torch.set_num_threads(threads)
     print(f"synthetic 4CH 256x256: {fps:.1f} frames/s (one thread)")
     assert fps > 5
+
+
+def test_ensure_synthetic_data_regenerates_only_stale_synthetic_data(tmp_path, caplog):
+    """Data from another generator version is rewritten; current data and non-synthetic folders are left alone."""
+    import json
+
+    from scripts.synthetic import generator_version
+    from scripts.training import ensure_synthetic_data
+
+    root = tmp_path / "synthetic"
+    ensure_synthetic_data(root, patients=2, seed=1, size=32, progress=False)
+    stamp_path = root / "synthetic_generator.json"
+    stamp = json.loads(stamp_path.read_text())
+    assert stamp["generator_version"] == generator_version() and stamp["n_patients"] == 2
+    image = next((root / "database_nifti").glob("patient*/*_4CH_half_sequence.nii.gz"))
+    before = image.stat().st_mtime_ns
+    ensure_synthetic_data(root, patients=2, seed=1, size=32, progress=False)
+    assert image.stat().st_mtime_ns == before  # same version and arguments: kept
+
+    stamp_path.write_text(json.dumps({**stamp, "generator_version": "0ld0ld0ld0ld"}))
+    with caplog.at_level("WARNING"):
+        ensure_synthetic_data(root, patients=2, seed=1, size=32, progress=False)
+    assert "regenerating" in caplog.text
+    assert json.loads(stamp_path.read_text())["generator_version"] == generator_version()
+    assert image.stat().st_mtime_ns != before
+
+    real = tmp_path / "camus"  # complete, but not written by the generator: never touched
+    for name in ("training", "validation", "testing"):
+        (real / "database_split").mkdir(parents=True, exist_ok=True)
+        (real / "database_split" / f"subgroup_{name}.txt").write_text("patient0001\n")
+    (real / "database_nifti" / "patient0001").mkdir(parents=True)
+    (real / "database_nifti" / "patient0001" / "Info_4CH.cfg").write_text("ED: 1\n")
+    ensure_synthetic_data(real, patients=1, seed=1, size=32, progress=False)
+    assert sorted(p.name for p in (real / "database_nifti" / "patient0001").iterdir()) == ["Info_4CH.cfg"]
+    assert not (real / "synthetic_generator.json").exists()

@@ -37,7 +37,7 @@ from .anatomy import BACKGROUND, LEFT_ATRIUM, LV_CAVITY, MYOCARDIUM
 from .figure import make_comparison_figure
 from .phantom import Phantom, lv_volume_exact_ml, lv_volume_ml
 from .sequence import generate_sequence
-from .writers import tracings, write_camus_dataset, write_echonet_dataset
+from .writers import dataset_stamp, generator_version, tracings, write_camus_dataset, write_echonet_dataset
 
 __all__ = [
     "BACKGROUND",
@@ -45,7 +45,9 @@ __all__ = [
     "LV_CAVITY",
     "MYOCARDIUM",
     "Phantom",
+    "dataset_stamp",
     "generate_sequence",
+    "generator_version",
     "lv_volume_exact_ml",
     "lv_volume_ml",
     "make_comparison_figure",

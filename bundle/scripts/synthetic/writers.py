@@ -39,6 +39,32 @@ def _write_text(path: Path, text: str) -> None:
     _atomic(path, lambda tmp: tmp.write_text(text))
 
 
+STAMP_FILE = "synthetic_generator.json"
+
+
+def generator_version() -> str:
+    """Short sha1 of this package's source files: data written by another version of the generator differs."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def dataset_stamp(n_patients: int, seed: int, size: int, frames: tuple[int, int], reverse_fraction: float) -> dict:
+    """What ``out/synthetic_generator.json`` records about a CAMUS-layout data set written by this generator."""
+    return {
+        "generator_version": generator_version(),
+        "n_patients": int(n_patients),
+        "seed": int(seed),
+        "size": int(size),
+        "frames": [int(frames[0]), int(frames[1])],
+        "reverse_fraction": float(reverse_fraction),
+    }
+
+
 def _split_of(n: int, rng: np.random.Generator, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> list[int]:
     """Split index (0 train, 1 validation, 2 test) of each of ``n`` items, shuffled, in the given proportions."""
     n_val = int(round(fractions[1] * n)) if n >= 3 else 0
@@ -148,7 +174,8 @@ def write_camus_dataset(
     """Write ``n_patients`` synthetic patients in the CAMUS NIfTI layout under ``out``; returns ``out``.
 
     ``out/database_nifti/patientNNNN/...`` (see the package docstring) and
-    ``out/database_split/subgroup_{training,validation,testing}.txt`` (80/10/10 %). Complete patients are skipped.
+    ``out/database_split/subgroup_{training,validation,testing}.txt`` (80/10/10 %), and ``out/synthetic_generator.json``
+    (:func:`dataset_stamp`: generator version and arguments). Complete patients are skipped.
     """
     if not isinstance(n_patients, (int, np.integer)) or n_patients <= 0:
         raise ValueError(f"n_patients must be a positive integer, got {n_patients!r}")
@@ -166,6 +193,8 @@ def write_camus_dataset(
     for k, name in enumerate(SPLITS):
         ids = [f"patient{i + 1:04d}" for i in range(n_patients) if split[i] == k]
         _write_text(out / "database_split" / f"subgroup_{name}.txt", "".join(f"{p}\n" for p in ids))
+    stamp = dataset_stamp(n_patients, seed, size, frames, reverse_fraction)
+    _write_text(out / STAMP_FILE, json.dumps(stamp, indent=2))
     return out
 
 
