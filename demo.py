@@ -8,7 +8,9 @@
 4. prints where everything is.
 
 Run with ``make demo`` (sets up ``.venv`` first) or ``.venv/bin/python demo.py``. Rerunning resumes or skips
-finished steps: training resumes from its last checkpoint, and a finished training is not repeated.
+finished steps: training resumes from its last checkpoint, and a finished training is not repeated, unless the
+synthetic data changed since (a new generator version rewrites them): then the old checkpoints are removed and the
+model is trained afresh.
 """
 
 from __future__ import annotations
@@ -57,9 +59,33 @@ def prepare_samples() -> list[Path]:
     return [real, copy]
 
 
+def prepare_training() -> str:
+    """Make sure the synthetic data are current; drop training checkpoints made on other data. Returns the stamp."""
+    sys.path.insert(0, str(BUNDLE))
+    from scripts.training import ensure_synthetic_data
+
+    data_dir = BUNDLE / "data" / "synthetic"
+    config = {}  # the plain values that train.json + small_cpu.json hand to ensure_synthetic_data
+    for name in ("train.json", "small_cpu.json"):
+        config.update(json.loads((BUNDLE / "configs" / name).read_text()))
+    ensure_synthetic_data(data_dir, patients=config["synthetic_patients"], size=config["synthetic_size"])
+    stamp = (data_dir / "synthetic_generator.json").read_text()
+    used = BUNDLE / "models" / "training" / "synthetic_generator.json"
+    checkpoints = BUNDLE / "models" / "training"
+    if checkpoints.is_dir() and (not used.is_file() or used.read_text() != stamp):
+        print(f"demo: the synthetic data changed since the last training; removing {checkpoints}", flush=True)
+        shutil.rmtree(checkpoints)
+    return stamp
+
+
 def main() -> None:
     timings = {}
+    start = time.time()
+    print("\n=== 0/3 synthetic data (generated on first use) and training checkpoints", flush=True)
+    stamp = prepare_training()
+    timings["data"] = time.time() - start
     timings["train"] = run_step("1/3 train the small GDKVM preset on synthetic echo (CPU)", ["--config_file", TRAIN])
+    (BUNDLE / "models" / "training" / "synthetic_generator.json").write_text(stamp)
     timings["evaluate"] = run_step(
         "2/3 evaluate on the held-out synthetic test patients",
         ["--config_file", EVALUATE, "--output_dir", str(EVAL_DIR)],
