@@ -251,19 +251,35 @@ class GDKVM(nn.Module):
         """One frame whose H, W are multiples of 16. Returns ``(logits [B, K, H, W], memory, prob [B, N, H, W])``."""
         b, n = prev_prob_BNHW.shape[0], prev_prob_BNHW.shape[1]
         key_out = self.encode_key(frame_B1HW)
-        key, pixel = key_out["key"], key_out["pixel"]
+        key = key_out["key"]
         value = self.encode_value(frame_B1HW, prev_prob_BNHW, key_out["f16"])
         new_memory, _ = self.memory(memory_BNVK, tokens_from_map(key), tokens_from_map(value))
         h, w = key.shape[-2], key.shape[-1]
         readout = read_memory(new_memory, key.flatten(2)).unflatten(-1, (h, w)).flatten(0, 1)
+        logits, prob = self.decode(readout, key_out, b, n, frame_B1HW.shape[-2], frame_B1HW.shape[-1])
+        return logits, new_memory, prob
+
+    def decode(
+        self, readout_BNVhw: torch.Tensor, key_out: dict[str, torch.Tensor], b: int, n: int, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks of one padded frame from the memory read-out and the key path's features (``encode_key``).
+
+        Args:
+            readout_BNVhw: read-out per object, ``[B*N, Cv, h, w]`` (h, w = height, width / 16).
+            key_out: :meth:`encode_key`'s ``pixel``, ``f8`` and ``f4`` of the frame (``[B, ...]``).
+
+        Returns:
+            ``(logits [B, K, height, width], object probabilities [B, N, height, width])``.
+        """
         object_logits = self.decoder(
-            readout, _per_object(pixel, b, n), _per_object(key_out["f8"], b, n), _per_object(key_out["f4"], b, n)
+            readout_BNVhw,
+            _per_object(key_out["pixel"], b, n),
+            _per_object(key_out["f8"], b, n),
+            _per_object(key_out["f4"], b, n),
         )
-        height, width = frame_B1HW.shape[-2], frame_B1HW.shape[-1]
         object_logits = F.interpolate(object_logits, size=(height, width), mode="bilinear", align_corners=False)
         logits = aggregate_objects(object_logits.view(b, n, height, width))
-        prob = torch.softmax(logits, dim=1)[:, 1:]
-        return logits, new_memory, prob
+        return logits, torch.softmax(logits, dim=1)[:, 1:]
 
     def memory_gates(self, state: GDKVMState) -> dict[str, torch.Tensor]:
         """alpha_t and beta_t that the next write would use (``[B, N, Cv, Ck]`` each); empty for gate-free rules."""

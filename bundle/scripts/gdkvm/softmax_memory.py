@@ -29,10 +29,9 @@ import math
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .network import GDKVM, STRIDE, _pad_frame, _padded_size, aggregate_objects
+from .network import GDKVM, STRIDE, _pad_frame, _padded_size
 
 
 class SoftmaxMemoryState(NamedTuple):
@@ -211,7 +210,7 @@ class GDKVMSoftmaxMemory(GDKVM):
         """One frame whose H, W are multiples of 16. Returns ``(logits [B, K, H, W], new state)``."""
         b, n = state.prev_prob.shape[:2]
         key_out = self.encode_key(frame_B1HW)
-        key, pixel = key_out["key"], key_out["pixel"]
+        key = key_out["key"]
         h, w = key.shape[-2:]
         key_BKL = key.flatten(2)
         value_BNVL = self.encode_value(frame_B1HW, state.prev_prob, key_out["f16"]).flatten(-2)
@@ -229,12 +228,5 @@ class GDKVMSoftmaxMemory(GDKVM):
             read_keys = torch.cat([keys, key_BKL], dim=-1)
             read_values = torch.cat([values, value_BNVL], dim=-1)
         readout = self.memory(read_keys, read_values, key_BKL).unflatten(-1, (h, w)).flatten(0, 1)
-
-        def per_object(x: torch.Tensor) -> torch.Tensor:
-            return x.unsqueeze(1).expand(b, n, *x.shape[1:]).flatten(0, 1)
-
-        object_logits = self.decoder(readout, per_object(pixel), per_object(key_out["f8"]), per_object(key_out["f4"]))
-        object_logits = F.interpolate(object_logits, size=frame_B1HW.shape[-2:], mode="bilinear", align_corners=False)
-        logits = aggregate_objects(object_logits.view(b, n, *frame_B1HW.shape[-2:]))
-        prob = torch.softmax(logits, dim=1)[:, 1:]
+        logits, prob = self.decode(readout, key_out, b, n, frame_B1HW.shape[-2], frame_B1HW.shape[-1])
         return logits, SoftmaxMemoryState(keys, values, prob, state.frame_index + 1)
