@@ -39,18 +39,23 @@ def test_base_size_matches_paper_scale() -> None:
         assert net.eval()(torch.rand(1, 1, 48, 40, 2)).shape == (1, 2, 48, 40, 2)
 
 
-@pytest.mark.parametrize("classes", [2, 4])
-def test_streaming_equals_forward(classes: int) -> None:
-    net = small_net(out_channels=classes)
-    video = torch.rand(2, 1, 70, 90, 6)
+def assert_streaming_equals_forward(net: torch.nn.Module, video_B1HWT: torch.Tensor):
+    """``step`` frame by frame from ``init_state`` gives ``forward``'s logits (1e-5); returns the last state."""
+    b, _, height, width, frames = video_B1HWT.shape
     with torch.no_grad():
-        batch_logits = net(video)
-        state = net.init_state(2, 70, 90)
+        batch_logits = net(video_B1HWT)
+        state = net.init_state(b, height, width)
         stream = []
-        for t in range(video.shape[-1]):
-            logits, state = net.step(video[..., t], state)
+        for t in range(frames):
+            logits, state = net.step(video_B1HWT[..., t], state)
             stream.append(logits)
     torch.testing.assert_close(torch.stack(stream, dim=-1), batch_logits, atol=1e-5, rtol=1e-5)
+    return state
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_streaming_equals_forward(classes: int) -> None:
+    assert_streaming_equals_forward(small_net(out_channels=classes), torch.rand(2, 1, 70, 90, 6))
 
 
 def test_causal_no_future_or_ground_truth() -> None:
@@ -219,18 +224,21 @@ def test_gates_in_range_inside_network_run() -> None:
             assert (gates["beta"] > 0).all() and (gates["beta"] < 1).all()
 
 
-@pytest.mark.parametrize("kpff", [True, False])
-def test_one_optimiser_step_changes_every_parameter(kpff: bool) -> None:
-    net = small_net(out_channels=4, kpff=kpff).train()
+def assert_one_step_trains_every_parameter(net: torch.nn.Module) -> None:
+    """One Adam step on a 4-class cross-entropy over a random clip changes every parameter (none is dead)."""
+    net.train()
     before = {name: p.detach().clone() for name, p in net.named_parameters()}
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
-    video = torch.rand(2, 1, 32, 32, 3)
-    target = torch.randint(0, 4, (2, 32, 32, 3))
-    loss = F.cross_entropy(net(video), target)
+    loss = F.cross_entropy(net(torch.rand(2, 1, 32, 32, 3)), torch.randint(0, 4, (2, 32, 32, 3)))
     loss.backward()
     optimiser.step()
     unchanged = [name for name, p in net.named_parameters() if torch.equal(p.detach(), before[name])]
     assert unchanged == []
+
+
+@pytest.mark.parametrize("kpff", [True, False])
+def test_one_optimiser_step_changes_every_parameter(kpff: bool) -> None:
+    assert_one_step_trains_every_parameter(small_net(out_channels=4, kpff=kpff))
 
 
 # ---------------------------------------------------------------- pretrained encoder weights from a local file

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_network import assert_one_step_trains_every_parameter, assert_streaming_equals_forward
 
 from scripts.gdkvm import GDKVM, GDKVMSoftmaxMemory
 from scripts.gdkvm.softmax_memory import SoftmaxMemoryState, softmax_readout
@@ -36,15 +37,7 @@ def test_forward_shapes(frames: int, classes: int) -> None:
 @pytest.mark.parametrize("memory_every", [1, 2])
 def test_streaming_equals_forward(memory_every: int) -> None:
     net = small_net(out_channels=4, memory_every=memory_every)
-    video = torch.rand(2, 1, 40, 56, 5)
-    with torch.no_grad():
-        batch_logits = net(video)
-        state = net.init_state(2, 40, 56)
-        stream = []
-        for t in range(video.shape[-1]):
-            logits, state = net.step(video[..., t], state)
-            stream.append(logits)
-    torch.testing.assert_close(torch.stack(stream, dim=-1), batch_logits, atol=1e-5, rtol=1e-5)
+    state = assert_streaming_equals_forward(net, torch.rand(2, 1, 40, 56, 5))
     assert isinstance(state, SoftmaxMemoryState)
     assert net.stored_frames(state, 40, 56) == (5 if memory_every == 1 else 3)  # frames 0, 2, 4
 
@@ -148,14 +141,6 @@ def test_bad_arguments_raise() -> None:
 
 
 def test_one_optimiser_step_changes_every_parameter() -> None:
-    net = small_net(out_channels=4).train()
+    net = small_net(out_channels=4)
     assert not any(name.startswith("memory.gates") for name, _ in net.named_parameters())
-    before = {name: p.detach().clone() for name, p in net.named_parameters()}
-    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
-    video = torch.rand(2, 1, 32, 32, 3)
-    target = torch.randint(0, 4, (2, 32, 32, 3))
-    loss = F.cross_entropy(net(video), target)
-    loss.backward()
-    optimiser.step()
-    unchanged = [name for name, p in net.named_parameters() if torch.equal(p.detach(), before[name])]
-    assert unchanged == []
+    assert_one_step_trains_every_parameter(net)

@@ -197,8 +197,7 @@ class GDKVM(nn.Module):
         Returns:
             ``(logits [B, K, H, W], new state)``.
         """
-        if frame_B1HW.ndim != 4 or frame_B1HW.shape[1] != 1:
-            raise ValueError(f"step expects a frame of shape [B, 1, H, W], got {tuple(frame_B1HW.shape)}")
+        _check_frame(frame_B1HW)
         height, width = frame_B1HW.shape[-2:]
         if state is None:
             state = self.init_state(frame_B1HW.shape[0], height, width, frame_B1HW.device, frame_B1HW.dtype)
@@ -214,10 +213,7 @@ class GDKVM(nn.Module):
         Returns:
             logits ``[B, K, H, W, T]``.
         """
-        if video_B1HWT.ndim != 5 or video_B1HWT.shape[1] != 1:
-            raise ValueError(f"GDKVM expects a video of shape [B, 1, H, W, T], got {_shape_text(video_B1HWT.shape)}")
-        if video_B1HWT.shape[-1] < 1:
-            raise ValueError("GDKVM needs at least one frame (T >= 1)")
+        _check_video(video_B1HWT, "GDKVM")
         height, width = video_B1HWT.shape[2], video_B1HWT.shape[3]
         state = self.init_state(video_B1HWT.shape[0], height, width, video_B1HWT.device, video_B1HWT.dtype)
         memory, prev_prob = state.memory, state.prev_prob
@@ -316,6 +312,20 @@ def _normalise(frame: torch.Tensor, mean: float = GREY_MEAN, std: float = GREY_S
 def _per_object(x: torch.Tensor, b: int, n: int) -> torch.Tensor:
     """Repeat a per-frame feature for each object: ``[B, ...] -> [B*N, ...]``."""
     return x.unsqueeze(1).expand([b, n] + list(x.shape[1:])).flatten(0, 1)
+
+
+def _check_frame(frame_B1HW: torch.Tensor) -> None:
+    """ValueError unless the frame is ``[B, 1, H, W]``."""
+    if frame_B1HW.ndim != 4 or frame_B1HW.shape[1] != 1:
+        raise ValueError(f"step expects a frame of shape [B, 1, H, W], got {_shape_text(frame_B1HW.shape)}")
+
+
+def _check_video(video_B1HWT: torch.Tensor, model: str) -> None:
+    """ValueError unless the video is ``[B, 1, H, W, T]`` with T >= 1."""
+    if video_B1HWT.ndim != 5 or video_B1HWT.shape[1] != 1:
+        raise ValueError(f"{model} expects a video of shape [B, 1, H, W, T], got {_shape_text(video_B1HWT.shape)}")
+    if video_B1HWT.shape[-1] < 1:
+        raise ValueError(f"{model} needs at least one frame (T >= 1)")
 
 
 def _shape_text(shape: list[int]) -> str:

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .network import GDKVM, STRIDE, _pad_frame, _padded_size
+from .network import GDKVM, STRIDE, _check_frame, _check_video, _pad_frame, _padded_size
 
 
 class SoftmaxMemoryState(NamedTuple):
@@ -159,8 +159,7 @@ class GDKVMSoftmaxMemory(GDKVM):
             ``(logits [B, K, H, W], new state)``; the new state's banks hold ``h*w`` more tokens if this frame was
             stored.
         """
-        if frame_B1HW.ndim != 4 or frame_B1HW.shape[1] != 1:
-            raise ValueError(f"step expects a frame of shape [B, 1, H, W], got {tuple(frame_B1HW.shape)}")
+        _check_frame(frame_B1HW)
         height, width = frame_B1HW.shape[-2:]
         if state is None:
             state = self.init_state(frame_B1HW.shape[0], height, width, frame_B1HW.device, frame_B1HW.dtype)
@@ -176,12 +175,7 @@ class GDKVMSoftmaxMemory(GDKVM):
         Returns:
             logits ``[B, K, H, W, T]``.
         """
-        if video_B1HWT.ndim != 5 or video_B1HWT.shape[1] != 1:
-            raise ValueError(
-                f"GDKVMSoftmaxMemory expects a video of shape [B, 1, H, W, T], got {tuple(video_B1HWT.shape)}"
-            )
-        if video_B1HWT.shape[-1] < 1:
-            raise ValueError("GDKVMSoftmaxMemory needs at least one frame (T >= 1)")
+        _check_video(video_B1HWT, "GDKVMSoftmaxMemory")
         height, width = video_B1HWT.shape[2], video_B1HWT.shape[3]
         state = self.init_state(video_B1HWT.shape[0], height, width, video_B1HWT.device, video_B1HWT.dtype)
         outputs = []
