@@ -59,23 +59,36 @@ def prepare_samples() -> list[Path]:
     return [real, copy]
 
 
-def prepare_training() -> str:
-    """Make sure the synthetic data are current; drop training checkpoints made on other data. Returns the stamp."""
-    sys.path.insert(0, str(BUNDLE))
+def prepare_training(bundle: Path = BUNDLE) -> str:
+    """Make sure the synthetic data are current; drop training checkpoints made on other data. Returns the stamp.
+
+    The training folder ``models/training`` records the data stamp it was trained on (:func:`record_training_data`);
+    checkpoints without one, or with another, are removed so that the training step starts afresh instead of
+    resuming (or skipping) a model trained on other data.
+    """
+    if str(bundle) not in sys.path:
+        sys.path.insert(0, str(bundle))
     from scripts.training import ensure_synthetic_data
 
-    data_dir = BUNDLE / "data" / "synthetic"
+    data_dir = bundle / "data" / "synthetic"
     config = {}  # the plain values that train.json + small_cpu.json hand to ensure_synthetic_data
     for name in ("train.json", "small_cpu.json"):
-        config.update(json.loads((BUNDLE / "configs" / name).read_text()))
+        config.update(json.loads((bundle / "configs" / name).read_text()))
     ensure_synthetic_data(data_dir, patients=config["synthetic_patients"], size=config["synthetic_size"])
     stamp = (data_dir / "synthetic_generator.json").read_text()
-    used = BUNDLE / "models" / "training" / "synthetic_generator.json"
-    checkpoints = BUNDLE / "models" / "training"
+    checkpoints = bundle / "models" / "training"
+    used = checkpoints / "synthetic_generator.json"
     if checkpoints.is_dir() and (not used.is_file() or used.read_text() != stamp):
         print(f"demo: the synthetic data changed since the last training; removing {checkpoints}", flush=True)
         shutil.rmtree(checkpoints)
     return stamp
+
+
+def record_training_data(stamp: str, bundle: Path = BUNDLE) -> None:
+    """Note in ``models/training`` which synthetic data (stamp) the finished training used."""
+    checkpoints = bundle / "models" / "training"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / "synthetic_generator.json").write_text(stamp)
 
 
 def main() -> None:
@@ -85,7 +98,7 @@ def main() -> None:
     stamp = prepare_training()
     timings["data"] = time.time() - start
     timings["train"] = run_step("1/3 train the small GDKVM preset on synthetic echo (CPU)", ["--config_file", TRAIN])
-    (BUNDLE / "models" / "training" / "synthetic_generator.json").write_text(stamp)
+    record_training_data(stamp)
     timings["evaluate"] = run_step(
         "2/3 evaluate on the held-out synthetic test patients",
         ["--config_file", EVALUATE, "--output_dir", str(EVAL_DIR)],
