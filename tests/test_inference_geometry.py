@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from fixtures_echo import phantom, write_dicom
+from fixtures_echo import phantom, save_nifti_hwt, write_dicom
 
 from scripts.data import LoadCined, ResizeCined
 from scripts.inference import SaveCineResultd
@@ -48,3 +48,22 @@ def test_monailabel_geometry_transform_uses_the_same_inverse(dicom_case):
     out = LabelToInputGeometryd(keys="pred", keep_aspect=True)({**d, "image_path": str(path)})
     assert out["pred"].shape == (1, *lv.shape)
     assert _dice(out["pred"][0].numpy() == 1, lv == 1) > 0.93
+
+
+def test_camus_style_nifti_with_anisotropic_pixels_round_trips(tmp_path):
+    """A CAMUS-layout NIfTI (x, y, t on disk; 0.3 mm rows, 0.2 mm columns) comes back in the file's own layout."""
+    image, label = phantom(90, 60, 4, seed=3)  # 27 x 12 mm: padded with columns to a square extent
+    path = tmp_path / "patient0001_4CH_half_sequence.nii.gz"
+    save_nifti_hwt(image, path, spacing_rc=(0.3, 0.2))
+    lv = (label == 1).astype(np.uint8)
+    d = LoadCined(keys="image")({"image": str(path), "source": str(path)})
+    d["label"] = torch.as_tensor(lv[None])
+    d = ResizeCined(keys=("image", "label"), spatial_size=40, keep_aspect=True)(d)
+    assert d["resize_padding"].tolist()[:2] == [0, 0] and sum(d["resize_padding"].tolist()[2:]) == 75  # 135 cols
+    files = SaveCineResultd(tmp_path / "out", clinical=False, overlay=False, keep_aspect=True).write(d["label"], path)
+    saved = nib.load(files["label"])
+    reference = nib.load(str(path))
+    assert saved.shape == reference.shape
+    np.testing.assert_allclose(saved.affine, reference.affine)
+    back_hwt = np.transpose(np.asarray(saved.dataobj), (1, 0, 2))
+    assert _dice(back_hwt == 1, lv == 1) > 0.93
