@@ -66,15 +66,16 @@ def prepare_training(bundle: Path = BUNDLE) -> str:
     checkpoints without one, or with another, are removed so that the training step starts afresh instead of
     resuming (or skipping) a model trained on other data.
     """
+    from monai.bundle import ConfigParser
+
     if str(bundle) not in sys.path:
         sys.path.insert(0, str(bundle))
-    from scripts.training import ensure_synthetic_data
-
-    data_dir = bundle / "data" / "synthetic"
-    config = {}  # the plain values that train.json + small_cpu.json hand to ensure_synthetic_data
-    for name in ("train.json", "small_cpu.json"):
-        config.update(json.loads((bundle / "configs" / name).read_text()))
-    ensure_synthetic_data(data_dir, patients=config["synthetic_patients"], size=config["synthetic_size"])
+    # The training config's own `dataset_root` item: ensure_synthetic_data with the arguments training will use.
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "small_cpu.json")])
+    parser["bundle_root"] = str(bundle)
+    parser.get_parsed_content("imports")
+    data_dir = Path(parser.get_parsed_content("dataset_root"))
     stamp = (data_dir / "synthetic_generator.json").read_text()
     checkpoints = bundle / "models" / "training"
     used = checkpoints / "synthetic_generator.json"

@@ -268,6 +268,7 @@ def test_speed_256() -> None:
 def test_ensure_synthetic_data_regenerates_only_stale_synthetic_data(tmp_path, caplog):
     """Data from another generator version is rewritten; current data and non-synthetic folders are left alone."""
     import json
+    import shutil
 
     from scripts.synthetic import generator_version
     from scripts.training import ensure_synthetic_data
@@ -281,6 +282,10 @@ def test_ensure_synthetic_data_regenerates_only_stale_synthetic_data(tmp_path, c
     before = image.stat().st_mtime_ns
     ensure_synthetic_data(root, patients=2, seed=1, size=32, progress=False)
     assert image.stat().st_mtime_ns == before  # same version and arguments: kept
+
+    shutil.rmtree(root / "database_split")  # an interrupted run of the same version resumes: done patients stay
+    ensure_synthetic_data(root, patients=2, seed=1, size=32, progress=False)
+    assert image.stat().st_mtime_ns == before and (root / "database_split" / "subgroup_training.txt").is_file()
 
     stamp_path.write_text(json.dumps({**stamp, "generator_version": "0ld0ld0ld0ld"}))
     with caplog.at_level("WARNING"):

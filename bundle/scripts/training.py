@@ -202,40 +202,28 @@ def ensure_synthetic_data(
     """Generate the embedded synthetic CAMUS-layout data set into ``dataset_dir`` unless it is already there.
 
     A complete synthetic data set from the same generator version and arguments (its ``synthetic_generator.json``)
-    is kept. One written by another version of the generator, or before data sets were stamped (it has the
-    generator's ``*_phantom.json`` truth files but no stamp), is deleted and written again, with a warning. A folder
-    that is not synthetic (no stamp, no phantom files: e.g. real CAMUS) is never touched.
+    is kept; an interrupted one resumes. One written by another version of the generator, or before data sets were
+    stamped (it has the generator's ``*_phantom.json`` truth files but no stamp), is written again, with a warning.
+    A folder that is not synthetic (no stamp, no phantom files: e.g. real CAMUS) is never touched when complete.
 
     Returns:
         ``dataset_dir`` as a string (so configs can use the call as the data root).
     """
-    import json
-    import shutil
-
     from scripts.synthetic import dataset_stamp, write_camus_dataset
-    from scripts.synthetic.writers import STAMP_FILE
+    from scripts.synthetic.writers import read_stamp, same_patients
 
     root = Path(dataset_dir)
     nifti = root / "database_nifti"
     split_files = [root / "database_split" / f"subgroup_{s}.txt" for s in ("training", "validation", "testing")]
-    patient_dirs = list(nifti.glob("patient*")) if nifti.is_dir() else []
-    complete = all(f.is_file() for f in split_files) and len(patient_dirs) >= patients
-    stamp_path = root / STAMP_FILE
-    wanted = dataset_stamp(patients, seed, size, (10, 22), 0.2)
-    stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
+    complete = all(f.is_file() for f in split_files) and len(list(nifti.glob("patient*"))) >= patients
+    stamp, wanted = read_stamp(root), dataset_stamp(patients, seed, size)
     synthetic = stamp is not None or any(nifti.glob("patient*/*_phantom.json"))
-    if complete and (not synthetic or stamp == wanted):
+    if complete and (not synthetic or same_patients(stamp, wanted)):
         return str(root)
-    if synthetic and patient_dirs:
+    if synthetic and not same_patients(stamp, wanted):
         logger.warning(
-            "%s: synthetic data from another generator version or other arguments (%s, wanted %s); regenerating",
-            root,
-            stamp,
-            wanted,
+            "%s: synthetic data from another generator version or other arguments (%s); regenerating", root, stamp
         )
-        shutil.rmtree(nifti)
-        shutil.rmtree(root / "database_split", ignore_errors=True)
-        stamp_path.unlink(missing_ok=True)
     logger.info("generating %d synthetic patients into %s", patients, root)
     write_camus_dataset(root, patients, seed=seed, size=size, progress=progress)
     return str(root)

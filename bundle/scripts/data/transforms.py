@@ -171,8 +171,7 @@ class ResizeCined(MapTransform):
         for key, mode in self.key_iterator(d, self.modes):
             x = _plain(d[key])
             if self.keep_aspect:
-                spacing = d.get("spacing")
-                padding = aspect_padding(x.shape[1], x.shape[2], None if spacing is None else spacing, self.size)
+                padding = aspect_padding(x.shape[1], x.shape[2], d.get("spacing"), self.size)
                 top, bottom, left, right = padding
                 x = F.pad(x.permute(3, 0, 1, 2), (left, right, top, bottom)).permute(1, 2, 3, 0)
             H, W = x.shape[1:3]

@@ -53,7 +53,17 @@ def generator_version() -> str:
     return digest.hexdigest()[:12]
 
 
-def dataset_stamp(n_patients: int, seed: int, size: int, frames: tuple[int, int], reverse_fraction: float) -> dict:
+DEFAULT_FRAMES = (10, 22)
+DEFAULT_REVERSE_FRACTION = 0.2
+
+
+def dataset_stamp(
+    n_patients: int,
+    seed: int = 0,
+    size: int = 256,
+    frames: tuple[int, int] = DEFAULT_FRAMES,
+    reverse_fraction: float = DEFAULT_REVERSE_FRACTION,
+) -> dict:
     """What ``out/synthetic_generator.json`` records about a CAMUS-layout data set written by this generator."""
     return {
         "generator_version": generator_version(),
@@ -62,6 +72,21 @@ def dataset_stamp(n_patients: int, seed: int, size: int, frames: tuple[int, int]
         "size": int(size),
         "frames": [int(frames[0]), int(frames[1])],
         "reverse_fraction": float(reverse_fraction),
+    }
+
+
+def read_stamp(out: str | Path) -> dict | None:
+    """The stamp of the data set in ``out``, or None when there is none (not written by this generator's writer)."""
+    path = Path(out) / STAMP_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def same_patients(stamp_a: dict | None, stamp_b: dict | None) -> bool:
+    """Whether two stamps describe the same patient files (generator and arguments; the patient count may differ)."""
+    if stamp_a is None or stamp_b is None:
+        return False
+    return {k: v for k, v in stamp_a.items() if k != "n_patients"} == {
+        k: v for k, v in stamp_b.items() if k != "n_patients"
     }
 
 
@@ -167,15 +192,17 @@ def write_camus_dataset(
     n_patients: int,
     seed: int = 0,
     size: int = 256,
-    frames: tuple[int, int] = (10, 22),
-    reverse_fraction: float = 0.2,
+    frames: tuple[int, int] = DEFAULT_FRAMES,
+    reverse_fraction: float = DEFAULT_REVERSE_FRACTION,
     progress: bool = False,
 ) -> Path:
     """Write ``n_patients`` synthetic patients in the CAMUS NIfTI layout under ``out``; returns ``out``.
 
     ``out/database_nifti/patientNNNN/...`` (see the package docstring) and
     ``out/database_split/subgroup_{training,validation,testing}.txt`` (80/10/10 %), and ``out/synthetic_generator.json``
-    (:func:`dataset_stamp`: generator version and arguments). Complete patients are skipped.
+    (:func:`dataset_stamp`: generator version and arguments, written first). Complete patients are skipped when the
+    folder's stamp says they were written by this generator version with the same arguments (an interrupted run
+    resumes); otherwise every patient is written again.
     """
     if not isinstance(n_patients, (int, np.integer)) or n_patients <= 0:
         raise ValueError(f"n_patients must be a positive integer, got {n_patients!r}")
@@ -184,17 +211,18 @@ def write_camus_dataset(
     if not 0.0 <= reverse_fraction <= 1.0:
         raise ValueError(f"reverse_fraction must be in [0, 1], got {reverse_fraction!r}")
     out = Path(out)
+    stamp = dataset_stamp(n_patients, seed, size, frames, reverse_fraction)
+    reuse = same_patients(read_stamp(out), stamp)
+    _write_text(out / STAMP_FILE, json.dumps(stamp, indent=2))
     for index in _progress(range(1, n_patients + 1), n_patients, "CAMUS patients", progress):
         folder = out / "database_nifti" / f"patient{index:04d}"
-        if all(p.exists() for p in _camus_files(folder, folder.name)):
+        if reuse and all(p.exists() for p in _camus_files(folder, folder.name)):
             continue
         write_camus_patient(out, index, seed, size, frames, reverse_fraction)
     split = _split_of(n_patients, np.random.default_rng([seed, 11]))
     for k, name in enumerate(SPLITS):
         ids = [f"patient{i + 1:04d}" for i in range(n_patients) if split[i] == k]
         _write_text(out / "database_split" / f"subgroup_{name}.txt", "".join(f"{p}\n" for p in ids))
-    stamp = dataset_stamp(n_patients, seed, size, frames, reverse_fraction)
-    _write_text(out / STAMP_FILE, json.dumps(stamp, indent=2))
     return out
 
 
