@@ -235,3 +235,50 @@ def write_dicom(
             raise ValueError(kind)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_bad_cines(folder: Path, H: int = 32, W: int = 40, T: int = 4) -> dict[str, tuple[Path, str]]:
+    """One file per kind of bad input that the inference command must report (docs/datasets.md, "Bad input").
+
+    Returns:
+        ``{case: (path, regex of the problem that the loader reports)}``.
+    """
+    import nibabel as nib
+    import pydicom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image, _ = phantom(H, W, T, seed=7)
+    frames = np.moveaxis(image, -1, 0)
+    cases: dict[str, tuple[Path, str]] = {}
+
+    def case(name: str, file: str, problem: str) -> Path:
+        cases[name] = (folder / file, problem)
+        return folder / file
+
+    save_nifti_hwt(image, folder / ".whole.nii.gz")
+    whole = (folder / ".whole.nii.gz").read_bytes()
+    (folder / ".whole.nii.gz").unlink()
+    case("truncated_nifti", "truncated.nii.gz", "not a readable nifti file, truncated or corrupt").write_bytes(
+        whole[: len(whole) // 2]
+    )
+    case("corrupt_nifti", "corrupt.nii", "not a readable nifti file").write_bytes(bytes(range(256)) * 3)
+    case("zero_byte_dicom", "zero.dcm", r"empty file \(0 bytes\)").write_bytes(b"")
+    case("non_dicom_dcm", "notes.dcm", r"not a DICOM file \(no DICOM header\)").write_text("a letter, not an image")
+    path = write_dicom(case("dicom_without_pixels", "nopixels.dcm", "DICOM without pixel data"), frames)
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path)
+    for name, file, n in (("frames_more_than_data", "frames9.dcm", 9), ("frames_less_than_data", "frames2.dcm", 2)):
+        path = write_dicom(case(name, file, f"NumberOfFrames = {n} disagrees with the pixel data"), frames)
+        ds = pydicom.dcmread(path)
+        ds.NumberOfFrames = n
+        ds.save_as(path)
+    write_dicom(case("one_frame_dicom", "oneframe.dcm", "single 2D image"), frames[:1])
+    save_nifti_hwt(image[..., :1], case("one_frame_nifti", "oneframe.nii.gz", "single 2D image"))
+    unusual = image.astype(np.float32) / 255
+    unusual[2, 3, 1], unusual[5, 5, 2] = np.nan, np.inf
+    save_nifti_hwt(unusual, case("nan_inf", "naninf.nii.gz", r"NaN or infinite values in frames \[1, 2\]"))
+    rgb = np.stack([np.transpose(image, (1, 0, 2))] * 3, axis=-1)  # (x, y, t, 3)
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(case("rgb_4d_nifti", "rgb.nii.gz", "4-D image .* is not a cine")))
+    case("text_as_avi", "text.avi", "not a readable video file").write_text("plain text renamed .avi\n" * 20)
+    return cases

@@ -187,15 +187,18 @@ def test_inference_on_nifti_avi_dicom_keeps_geometry(trained_bundle, synthetic_d
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
 
     avi_seg = nib.load(str(out / "clip_seg.nii.gz"))
-    assert avi_seg.shape == (72, 88, 6)
+    assert avi_seg.shape == (88, 72, 6)  # x = column first, as ITK and MONAI LoadImage order the source
     summary = json.loads((out / "clip_seg.json").read_text())
     assert summary["frames"] == 6 and summary["spacing_mm"] is None and len(summary["area_px"]) == 6
     for name in ("clip_seg.json", f"{nifti_copy.name[: -len('.nii.gz')]}_overlay.gif"):
         assert (out / name).is_file()
     dicom_seg = nib.load(str(out / "us_seg.nii.gz"))
     dicom_summary = json.loads((out / "us_seg.json").read_text())
-    assert dicom_seg.shape == (73, 81, 5)  # the declared ultrasound region: rows 4..76, columns 8..88 inclusive
-    np.testing.assert_allclose(np.diag(dicom_seg.affine)[:3], [0.4, 0.3, 0.02], rtol=1e-5)
+    assert dicom_seg.shape == (96, 80, 5)  # the whole frame, x first; 0 outside the ultrasound region
+    np.testing.assert_allclose(np.diag(dicom_seg.affine)[:3], [-0.3, -0.4, 0.02], rtol=1e-5)  # RAS of ITK's LPS
+    outside = np.ones((96, 80), bool)
+    outside[8:89, 4:77] = False  # the declared ultrasound region: rows 4..76, columns 8..88 inclusive
+    assert not np.asarray(dicom_seg.dataobj)[outside].any()
     assert dicom_summary["crop"] == [4, 77, 8, 89]
 
 
@@ -221,9 +224,10 @@ def test_inference_on_pydicom_echo_sample(trained_bundle, tmp_path) -> None:
     wf.finalize()
     seg = nib.load(str(out / "a4c_seg.nii.gz"))
     summary = json.loads((out / "a4c_seg.json").read_text())
-    assert seg.shape == (summary["height"], summary["width"], 30)
+    assert seg.shape == (320, 240, 30)  # the whole 240 x 320 frame, x first (the summary describes the region)
+    assert (summary["height"], summary["width"]) != (240, 320)
     assert summary["frames"] == 30 and summary["crop"] is not None
-    np.testing.assert_allclose(np.diag(seg.affine)[:2], summary["spacing_mm"], rtol=1e-5)
+    np.testing.assert_allclose(np.diag(seg.affine)[:2], [-s for s in summary["spacing_mm"][::-1]], rtol=1e-5)
     assert (out / "a4c_lv_curve.csv").is_file()
 
 

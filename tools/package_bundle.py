@@ -16,6 +16,10 @@ checks it. The URL is where *you* upload the weights, so there is no default: wi
 file name, ready to upload; without it no ``large_files.yml`` is written (a repository ``bundle/large_files.yml``, if
 any, is shipped as it is). ``--include_weights`` also puts ``models/model.pt`` inside the zip (the zoo's release zips
 on NGC/Hugging Face carry the weights so that ``monai.bundle.load`` works right after ``download``).
+
+When weights are shipped (either option), the zip's ``configs/metadata.json`` describes *them*: its output
+``num_channels`` and ``channel_def`` come from the classes the checkpoint was trained with (a 4-class CAMUS model
+ships a 4-channel description), so the model zoo's checks (``verify_net_in_out``, ``ckpt_export``) pass on it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,29 @@ EXCLUDED_DIRS = {"data", "eval", "models"}  # top-level bundle folders never shi
 EXCLUDED_PARTS = {"__pycache__"}
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 WEIGHTS_PATH = "models/model.pt"
+CHANNELS = {
+    "lv": {"0": "background", "1": "left ventricle"},
+    "all": {"0": "background", "1": "left ventricle", "2": "myocardium", "3": "left atrium"},
+}
+
+
+def metadata_for_weights(metadata: dict, weights_file: Path, bundle: Path) -> dict:
+    """``metadata`` with the output channels of the model in ``weights_file`` (unchanged for an undescribed one)."""
+    import sys
+
+    if str(bundle) not in sys.path:
+        sys.path.insert(0, str(bundle))
+    from scripts.checkpoint import read_description, settings_of
+
+    description = read_description(weights_file)
+    if description is None:
+        return metadata
+    labels = settings_of(description).get("labels", "lv")
+    updated = json.loads(json.dumps(metadata))
+    pred = updated["network_data_format"]["outputs"]["pred"]
+    pred["num_channels"] = len(CHANNELS[labels])
+    pred["channel_def"] = dict(CHANNELS[labels])
+    return updated
 
 
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -116,6 +143,11 @@ def package(
         entries["large_files.yml"] = large_files_yaml(weights_url, md5sum(weights_file)).encode()
     if include_weights:
         entries[WEIGHTS_PATH] = weights_file.read_bytes()
+    if weights_url or include_weights:
+        metadata = json.loads(meta_file.read_text())
+        described = metadata_for_weights(metadata, weights_file, bundle)
+        if described != metadata:
+            entries["configs/metadata.json"] = (json.dumps(described, indent=4) + "\n").encode()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

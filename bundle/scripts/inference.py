@@ -8,6 +8,8 @@ import ast
 import json
 import logging
 import math
+import os
+from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,18 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.transforms import MapTransform
 
 from scripts.clinical._io import atomic_paths, json_safe
 from scripts.clinical.evaluation import largest_component
 from scripts.data.errors import EchoDataError
-from scripts.data.transforms import aspect_padding
 from scripts.data.video_io import load_cine
+from scripts.geometry import (  # noqa: F401  (re-exported: scripts.inference.restore_labels etc. keep working)
+    image_nifti_like_label,
+    label_nifti_like_input,
+    resize_labels,
+    restore_labels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,118 +37,122 @@ LABEL_SUFFIXES = ("_gt.nii.gz", "_gt.nii", "_gt.mhd", "_seg.nii.gz", "_label.nii
 
 
 def output_stem(path: str | Path) -> str:
-    """File name without the cine suffix: ``a/b/patient1_4CH.nii.gz`` -> ``patient1_4CH``."""
+    """File name without the cine suffix: ``a/b/patient1_4CH.nii.gz`` -> ``patient1_4CH``.
+
+    A name without a cine suffix (a DICOM named by its UID, ``1.2.840.10008.77``) is kept whole.
+    """
     name = Path(path).name
     for suffix in CINE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
-    return Path(name).stem
+    return name
 
 
-def find_cines(dataset_dir: str | Path | None = None, datalist: Sequence[str] | None = None) -> list[dict[str, str]]:
-    """The cine loops to segment, as a MONAI datalist ``[{"image": path}, ...]``.
+def output_names(files: Sequence[str | Path], root: str | Path | None) -> list[str]:
+    """Unique output names (relative paths without the cine suffix) that mirror the inputs' folders.
+
+    ``root/study1/IM0001.dcm`` -> ``study1/IM0001``, so that same-named files of different folders do not collide.
+    Files outside ``root`` are named relative to their common folder. Files that differ only by their cine suffix
+    (``a.nii`` and ``a.nii.gz``) keep it, as ``a_nii`` and ``a_nii_gz``.
+    """
+    absolute = [Path(os.path.abspath(f)) for f in files]
+    base = Path(os.path.abspath(root)) if root else None
+    inside = [base is not None and a.is_relative_to(base) for a in absolute]
+    outside = [a.parent for a, i in zip(absolute, inside) if not i]
+    common = Path(os.path.commonpath(outside)) if outside else None
+    relative = [a.relative_to(base if i else common) for a, i in zip(absolute, inside)]
+    names = [(r.parent / output_stem(r.name)).as_posix() for r in relative]
+    counts = Counter(names)
+    return [(r.parent / r.name.replace(".", "_")).as_posix() if counts[n] > 1 else n for r, n in zip(relative, names)]
+
+
+def find_cines(
+    dataset_dir: str | Path | None = None,
+    datalist: Sequence[str] | str | None = None,
+    exclude: str | Path | None = None,
+    report_ignored: bool = False,
+) -> list[dict[str, str]]:
+    """The cine loops to segment, as a MONAI datalist ``[{"image": path, "source": path, "output_stem": name}, ...]``.
+
+    ``output_stem`` is the input's path relative to ``dataset_dir`` without the cine suffix (``study1/IM0001``; see
+    :func:`output_names`): :class:`SaveCineResultd` writes ``<output_dir>/<output_stem>_seg.nii.gz`` etc.
 
     Args:
-        dataset_dir: folder searched recursively for NIfTI, MHD, AVI/MP4 and DICOM files (ground-truth files named
-            ``*_gt.*``/``*_seg.*``/``*_label.*`` are skipped). Relative ``datalist`` entries are taken from here.
-        datalist: explicit list of files (overrides the search).
+        dataset_dir: folder searched recursively for NIfTI, MHD, AVI/MP4 and DICOM files (DICOM also by its header,
+            whatever the name). Ground-truth files named ``*_gt.*``/``*_seg.*``/``*_label.*``, hidden files and
+            MetaImage ``.raw``/``.zraw`` data files are left out. Relative ``datalist`` entries are taken from here.
+        datalist: explicit list of files (overrides the search); a missing file is listed all the same (its loader
+            names it).
+        exclude: a folder whose files are never listed (the output folder, when it lies inside ``dataset_dir``).
+        report_ignored: also list the other files of the searched folder (``.png``, ``.txt``, a ``DICOMDIR``) as
+            ``{"image": path, "source": path, "ignored": reason}``, so that a batch run can report them.
 
     Raises:
-        FileNotFoundError: the folder or a listed file does not exist, or nothing to segment was found.
+        FileNotFoundError: ``dataset_dir`` is not a folder (without a datalist), or there is nothing to segment.
     """
     if isinstance(datalist, str):  # "['a.dcm','b.avi']" or "a.dcm,b.avi" as typed on a command line
         text = datalist.strip()
         datalist = ast.literal_eval(text) if text.startswith("[") else [f for f in text.split(",") if f.strip()]
     if datalist:
         base = Path(dataset_dir) if dataset_dir else Path.cwd()
-        files = [Path(f) if Path(f).is_absolute() else base / f for f in datalist]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"datalist files not found: {', '.join(missing)}")
-        return [{"image": str(f), "source": str(f)} for f in files]
+        files = list(dict.fromkeys(Path(f) if Path(f).is_absolute() else base / f for f in datalist))
+        return [{"image": str(f), "source": str(f), "output_stem": n} for f, n in zip(files, output_names(files, base))]
     if dataset_dir is None or not Path(dataset_dir).is_dir():
         raise FileNotFoundError(f"dataset_dir is not a folder: {dataset_dir}")
-    found = []
+    skip = Path(os.path.abspath(exclude)) if exclude else None
+    cines, ignored = [], []
     for path in sorted(Path(dataset_dir).rglob("*")):
         name = path.name.lower()
-        if not path.is_file() or name.endswith(LABEL_SUFFIXES) or name.startswith("."):
+        if not path.is_file() or name.endswith(LABEL_SUFFIXES + (".raw", ".zraw")) or name.startswith("."):
             continue
-        if name.endswith(CINE_SUFFIXES) or (path.suffix == "" and _is_dicom(path)):
-            found.append({"image": str(path), "source": str(path)})
-    if not found:
-        raise FileNotFoundError(f"{dataset_dir}: no cine loop found (looked for {', '.join(CINE_SUFFIXES)})")
+        if skip is not None and Path(os.path.abspath(path)).is_relative_to(skip):
+            continue
+        if name == "dicomdir":
+            ignored.append((path, "a DICOMDIR (the index of a DICOM folder), not a cine"))
+        elif name.endswith(CINE_SUFFIXES) or _is_dicom(path):
+            cines.append(path)
+        else:
+            kind = f"'{path.suffix}' files are" if path.suffix else "a file without a suffix or DICOM header is"
+            ignored.append((path, f"not a cine: {kind} not read"))
+    if not cines:
+        raise FileNotFoundError(f"{dataset_dir}: no cine loop found (looked for {', '.join(CINE_SUFFIXES)} and DICOM)")
+    found = [
+        {"image": str(f), "source": str(f), "output_stem": n} for f, n in zip(cines, output_names(cines, dataset_dir))
+    ]
+    if report_ignored:
+        found += [{"image": str(f), "source": str(f), "ignored": reason} for f, reason in ignored]
     return found
 
 
 def _is_dicom(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(132)
+    """True for a file with the DICOM header (and for one that cannot be opened: its loader names the problem)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return True
     return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def resize_labels(labels_HWT: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of an integer label cine ``[h, w, T]`` to ``[height, width, T]``."""
-    tensor = torch.as_tensor(np.ascontiguousarray(labels_HWT)).permute(2, 0, 1)[None].float()
-    resized = F.interpolate(tensor, size=(height, width), mode="nearest-exact")
-    return resized[0].permute(1, 2, 0).to(torch.uint8).numpy()
-
-
-def restore_labels(
-    labels_hwt: np.ndarray, height: int, width: int, spacing: Sequence[float] | None, keep_aspect: bool
-) -> np.ndarray:
-    """Network-resolution labels ``[h, w, T]`` back onto the input's ``[height, width, T]`` pixel grid.
-
-    Undoes :class:`scripts.data.ResizeCined`: with ``keep_aspect`` the labels are resized to the padded frame that
-    :func:`scripts.data.aspect_padding` gives for the input's shape and ``spacing`` (row mm, col mm; NaN = unknown),
-    and the padding is cut off; without it they are resized straight to ``height x width``.
-    """
-    if not keep_aspect:
-        return resize_labels(labels_hwt, height, width)
-    top, bottom, left, right = aspect_padding(height, width, spacing, labels_hwt.shape[:2])
-    padded = resize_labels(labels_hwt, height + top + bottom, width + left + right)
-    return np.ascontiguousarray(padded[top : top + height, left : left + width])
-
-
-def label_nifti_like_input(labels_HWT: np.ndarray, source: str | Path, meta: Mapping[str, Any]) -> nib.Nifti1Image:
-    """A NIfTI of the labels with the input's geometry.
-
-    NIfTI inputs: the same array layout (CAMUS stores x, y, t), shape and affine as the input file. Other inputs
-    (DICOM, AVI, MHD): an ``H x W x T`` array with affine ``diag(row mm, col mm, frame time s)`` (1 where unknown),
-    of the region that was segmented (the ultrasound region when the DICOM declares one; see ``crop`` in the JSON).
-    """
-    source = Path(source)
-    if source.name.lower().endswith((".nii", ".nii.gz")):
-        reference = nib.load(str(source))
-        data = np.transpose(labels_HWT, (1, 0, 2))
-        if data.shape[: len(reference.shape)] != reference.shape[:3]:
-            data = data.reshape(reference.shape)
-        header = reference.header.copy()
-        header.set_data_dtype(np.uint8)
-        image = nib.Nifti1Image(data.astype(np.uint8), reference.affine, header)
-        return image
-    row, col = (float(s) if math.isfinite(float(s)) else 1.0 for s in meta["spacing"])
-    frame_time = meta.get("frame_time_ms", math.nan)
-    frame_s = float(frame_time) / 1000.0 if frame_time and math.isfinite(float(frame_time)) else 1.0
-    image = nib.Nifti1Image(labels_HWT.astype(np.uint8), np.diag([row, col, frame_s, 1.0]))
-    image.header.set_xyzt_units("mm", "sec")
-    return image
 
 
 class SaveCineResultd(MapTransform):
     """Write the results of one segmented cine (use in the inference ``postprocessing`` after ``AsDiscreted``).
 
-    Reads ``d["pred"]`` (``[1, h, w, T]`` labels at network resolution) and the input path from ``d["source"]``
-    (set by :func:`find_cines`) or the image's ``filename_or_obj``; reloads the input to get its geometry; writes
-    into ``output_dir``:
+    Reads ``d["pred"]`` (``[1, h, w, T]`` labels at network resolution), the input path from ``d["source"]``
+    (set by :func:`find_cines`) or the image's ``filename_or_obj`` and the output name from ``d["output_stem"]``
+    (default: the input's name without suffix); reloads the input to get its geometry; writes into ``output_dir``:
 
     - ``<stem>_seg.nii.gz``: labels with the input's geometry (see :func:`label_nifti_like_input`);
-    - ``<stem>_seg.json``: frames, frame rate, spacing, ED/ES (per beat), LV area (mm^2, or px when the spacing is
-      unknown) per frame, EDV/ESV/EF (single-plane Simpson);
-    - with ``clinical=True``: the LV curve CSV/PNG and report JSON of :func:`scripts.clinical.write_cine_report`
-      and the contour overlays (PNG contact sheet and GIF) of :func:`scripts.clinical.save_overlay`.
+    - with ``save_image=True``: ``<stem>_image.nii.gz``, the input image with exactly the label's geometry (see
+      :func:`image_nifti_like_label`);
+    - with ``clinical=True``: the LV curve CSV/PNG and report JSON of :func:`scripts.clinical.write_cine_report`;
+      with ``overlay=True`` the contour overlays (PNG contact sheet and GIF) of :func:`scripts.clinical.save_overlay`;
+    - last, ``<stem>_seg.json``: frames, frame rate, spacing, ED/ES (per beat), LV area (mm^2, or px when the
+      spacing is unknown) per frame, EDV/ESV/EF (single-plane Simpson) and the files written (``outputs``).
 
-    ``keep_aspect`` must match the ``ResizeCined`` of the preprocessing (see :func:`restore_labels`). Nothing is
-    written for an input that fails; the error names the file.
+    Every file is written atomically and the JSON is removed first and written last, so that a present JSON means
+    a complete output (:func:`is_complete`) even after an interrupted run. ``keep_aspect`` must match the
+    ``ResizeCined`` of the preprocessing (see :func:`restore_labels`). An input that fails raises an error that
+    names the file, and leaves no JSON.
     """
 
     def __init__(
@@ -154,10 +164,12 @@ class SaveCineResultd(MapTransform):
         clinical: bool = True,
         overlay: bool = True,
         keep_aspect: bool = False,
+        save_image: bool = False,
     ) -> None:
         super().__init__(keys)
         self.output_dir = Path(output_dir)
         self.keep_aspect = keep_aspect
+        self.save_image = save_image
         self.image_key = image_key
         self.lv_label = int(lv_label)
         self.clinical = clinical
@@ -171,10 +183,16 @@ class SaveCineResultd(MapTransform):
         if not source:
             raise KeyError("SaveCineResultd needs the input path in 'source' or in the image's filename_or_obj")
         for key in self.key_iterator(d):
-            d[f"{key}_files"] = self.write(d[key], source)
+            d[f"{key}_files"] = self.write(d[key], source, d.get("output_stem"))
         return d
 
-    def write(self, pred: Any, source: str | Path) -> dict[str, str]:
+    def write(self, pred: Any, source: str | Path, stem: str | None = None) -> dict[str, str]:
+        """Write the outputs of ``pred`` (``[1, h, w, T]`` or ``[h, w, T]``) for the input file ``source``.
+
+        Returns:
+            ``{"label": path, "summary": path, ...}``: every file written (``image``, ``csv``, ``json``, ``png``,
+            ``gif`` as enabled).
+        """
         from scripts import clinical
 
         source = Path(source)
@@ -185,7 +203,7 @@ class SaveCineResultd(MapTransform):
         if pred_hwt.shape[-1] != original.shape[-1]:
             raise EchoDataError(source, f"prediction has {pred_hwt.shape[-1]} frames, input has {original.shape[-1]}")
         labels = restore_labels(pred_hwt, original.shape[0], original.shape[1], meta["spacing"], self.keep_aspect)
-        stem = output_stem(source)
+        stem = stem or output_stem(source)
         spacing = tuple(float(s) for s in meta["spacing"])
         known = bool(meta.get("spacing_known", all(math.isfinite(s) for s in spacing)))
         measured = labels.copy()  # measurements use the largest LV component of each frame (specks are dropped)
@@ -220,26 +238,42 @@ class SaveCineResultd(MapTransform):
             "reason": report["reason"],
             "lv_postprocessing": "largest connected LV component per frame (measurements only; the NIfTI is raw)",
         }
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        nifti_path = self.output_dir / f"{stem}_seg.nii.gz"
-        json_path = self.output_dir / f"{stem}_seg.json"
-        nifti = label_nifti_like_input(labels, source, meta)
-        with atomic_paths(nifti_path, json_path) as (nifti_tmp, json_tmp):
-            nib.save(nifti, str(nifti_tmp))
-            json_tmp.write_text(json.dumps(json_safe(summary), indent=2))
-        files = {"label": str(nifti_path), "summary": str(json_path)}
+        json_path = summary_path(self.output_dir, stem)
+        out_dir, name = json_path.parent, Path(stem).name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        json_path.unlink(missing_ok=True)  # from here until the new JSON is written, the output is incomplete
+        files = {"label": out_dir / f"{name}_seg.nii.gz"}
+        niftis = [label_nifti_like_input(labels, source, meta)]
+        if self.save_image:
+            files["image"] = out_dir / f"{name}_image.nii.gz"
+            niftis.append(image_nifti_like_label(source, meta, original))
+        with atomic_paths(*files.values()) as temps:
+            for nifti, temp in zip(niftis, temps):
+                nib.save(nifti, str(temp))
         if self.clinical:
-            written = clinical.write_cine_report(report, self.output_dir, stem)
-            files.update({k: str(v) for k, v in dict(written).items()} if isinstance(written, Mapping) else {})
+            files.update(clinical.write_cine_report(report, out_dir, name))
         if self.overlay:
             pairs = [(b["ed"], b["es"]) for b in report["beats"]]
-            overlay = clinical.save_overlay(
-                original, labels, self.output_dir, stem, ed_es_pairs=pairs, frame_rate=_finite(meta.get("frame_rate"))
-            )
-            files.update({k: str(v) for k, v in dict(overlay).items()} if isinstance(overlay, Mapping) else {})
-        logger.info("segmented %s (%d frames): %s", source.name, labels.shape[-1], nifti_path)
-        self.written.append(files)
-        return files
+            rate = _finite(meta.get("frame_rate"))
+            files.update(clinical.save_overlay(original, labels, out_dir, name, ed_es_pairs=pairs, frame_rate=rate))
+        summary["outputs"] = {k: Path(v).name for k, v in files.items()}
+        with atomic_paths(json_path) as (json_tmp,):
+            json_tmp.write_text(json.dumps(json_safe(summary), indent=2))
+        files["summary"] = json_path
+        logger.debug("segmented %s (%d frames): %s", source, labels.shape[-1], files["label"])
+        written = {k: str(v) for k, v in files.items()}
+        self.written.append(written)
+        return written
+
+
+def summary_path(output_dir: str | Path, stem: str) -> Path:
+    """``<output_dir>/<stem>_seg.json``: the per-cine summary, written last by :class:`SaveCineResultd`."""
+    return Path(output_dir) / f"{stem}_seg.json"
+
+
+def is_complete(output_dir: str | Path, stem: str) -> bool:
+    """Whether the outputs of ``stem`` are complete: its summary JSON exists (it is the last file written)."""
+    return summary_path(output_dir, stem).is_file()
 
 
 def _finite(value: Any) -> float | None:

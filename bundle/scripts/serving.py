@@ -3,10 +3,12 @@
 MONAI Label's ``BundleInferTask`` runs the bundle's ``postprocessing`` (``SaveImaged`` filtered out), then its own
 ``Restored(keys="pred", ref_image="image")`` and ``Writer``: the writer saves ``pred`` (channel dropped) with the
 affine ``Restored`` copies from ``image.meta["original_affine"]``, after resizing ``pred`` to
-``image.meta["spatial_shape"]``. Our loader reads a NIfTI cine as CAMUS stores it, ``(x, y, t)`` on disk, transposed
-to ``[1, H, W, T]`` and resized to the network size, so ``pred`` must be brought back to the file's voxel layout
-and those two meta entries set to the file's. ``configs/monailabel_infer.json`` puts :class:`LabelToInputGeometryd`
-after the argmax in place of the file writer of ``configs/inference.json``.
+``image.meta["spatial_shape"]`` (a no-op when the shapes agree). Our loader reads a cine as ``[1, H, W, T]`` (a NIfTI
+stored ``(x, y, t)`` as CAMUS is transposed; a DICOM is cropped to its ultrasound region) and resizes it to the
+network size, so ``pred`` must be brought back to the file's whole-frame voxel layout (that of
+:func:`scripts.geometry.label_nifti_like_input`) and those two meta entries set to that array's shape and affine.
+``configs/monailabel_infer.json`` puts :class:`LabelToInputGeometryd` after the argmax in place of the file writer of
+``configs/inference.json``.
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ import torch
 from monai.transforms import MapTransform
 
 from scripts.data.video_io import load_cine
-from scripts.inference import label_nifti_like_input, restore_labels
+from scripts.geometry import label_nifti_like_input, restore_labels
 
 
 class LabelToInputGeometryd(MapTransform):
     """Labels ``[1, h, w, T]`` at network resolution -> ``[1, *file voxel shape]`` uint8 in the input's geometry.
 
-    NIfTI inputs get the file's array layout, shape and affine (as :func:`scripts.inference.label_nifti_like_input`
-    writes them); other inputs an ``H x W x T`` grid with ``diag(row mm, col mm, frame s)``. The input path comes from
-    ``image_path`` (set by MONAI Label), ``source`` or the image's ``filename_or_obj``. Sets
-    ``image.meta["spatial_shape"]`` and ``image.meta["original_affine"]`` so that MONAI Label's ``Restored`` keeps the
-    array and its ``Writer`` uses that affine. ``keep_aspect`` must match the ``ResizeCined`` of the preprocessing.
+    NIfTI inputs get the file's array layout, shape and affine; DICOM, video and MetaImage inputs the whole frame
+    ``(W, H, T)`` (x = column first, 0 outside a DICOM's ultrasound region) with the affine of
+    :func:`scripts.geometry.source_affine` (as :func:`scripts.geometry.label_nifti_like_input` writes them). The input
+    path comes from ``image_path`` (set by MONAI Label), ``source`` or the image's ``filename_or_obj``. Sets
+    ``image.meta["spatial_shape"]`` and ``image.meta["original_affine"]`` to that array's shape and affine, so that
+    MONAI Label's ``Restored`` keeps the array and its ``Writer`` (LPS conversion included) writes that geometry.
+    ``keep_aspect`` must match the ``ResizeCined`` of the preprocessing.
     """
 
     def __init__(

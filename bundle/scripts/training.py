@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from scripts.checkpoint import config_key
+from scripts.gdkvm.description import CheckpointMismatchError
 
 IGNORE_LABEL = -1
 SUPERVISION_MODES = ("annotated", "first_last")
@@ -368,8 +372,14 @@ class ResumableCheckpoint:
         if path is None:
             return
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        for name, obj in self._to_save(engine).items():
-            if name == "trainer":
+        objects = self._to_save(engine)
+        try:  # first, so that nothing is loaded from a training of another configuration
+            objects["network"].load_state_dict(checkpoint["network"])
+        except CheckpointMismatchError as e:
+            self._set_aside(path, e)
+            return
+        for name, obj in objects.items():
+            if name in ("trainer", "network"):
                 continue
             if name not in checkpoint:
                 raise KeyError(f"{path}: checkpoint has no '{name}' entry to resume from")
@@ -383,6 +393,22 @@ class ResumableCheckpoint:
         engine.state.iteration = int(trainer_state["iteration"])
         engine.state.epoch = engine.state.iteration // int(trainer_state["epoch_length"])
         logger.info("resumed from %s at epoch %d (iteration %d)", path, engine.state.epoch, engine.state.iteration)
+
+    def _set_aside(self, path: Path | str, mismatch: CheckpointMismatchError) -> None:
+        """A training of another configuration is in ``ckpt_dir``: move it aside and start a new one (rank 0 moves)."""
+        changes = ", ".join(f"{config_key(n)} {a!r} there, {b!r} now" for n, a, b in mismatch.differences)
+        if not _is_main_process():
+            logger.warning("%s was made with other settings (%s): starting a new training", path, changes)
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.ckpt_dir.with_name(f"{self.ckpt_dir.name}.previous-{stamp}")
+        self.ckpt_dir.rename(aside)
+        logger.warning(
+            "%s holds a training made with other settings (%s): moved it to %s and starting a new training",
+            self.ckpt_dir,
+            changes,
+            aside,
+        )
 
 
 class DistributedRandomSampler(torch.utils.data.Sampler):

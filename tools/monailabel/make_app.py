@@ -1,7 +1,7 @@
 """Lay out a MONAI Label ``monaibundle`` app that serves this repository's bundle (run by ``start_server.sh``).
 
     python make_app.py APP_DIR [--name gdkvm_echo_segmentation] [--weights bundle/models/model.pt]
-                               [--overrides '{"network_size": "small"}']
+                               [--overrides '{"write_overlays": false}']
 
 MONAI Label finds bundles only as folders ``<app>/model/<name>`` and reads ``configs/inference.json`` there (no
 option for another file name). This script copies the ``monaibundle`` sample app out of the MONAI Label install into
@@ -71,7 +71,25 @@ def make_app(
         parser.update(extra)
         (view / "configs" / config).write_text(json.dumps(parser.config, indent=4) + "\n")
     shutil.copyfile(weights_file, view / "models" / "model.pt")
+    refuse_contradicting_overrides(view)
     return str(view)
+
+
+def refuse_contradicting_overrides(view: Path) -> None:
+    """Stop at start-up when ``--overrides`` contradict what the weights were trained with.
+
+    The served ``inference.json`` takes the network and preprocessing from the checkpoint itself
+    (``scripts.checkpoint.trained_settings``), so no override is needed; one that contradicts the checkpoint (e.g.
+    ``{"spatial_size": 256}`` for a model trained at 128) would serve plausible-looking wrong masks. Raises
+    ``scripts.checkpoint.ConfigContradictsCheckpoint`` (a SystemExit: the message, exit status 1).
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(view / "configs" / "inference.json"))
+    parser["bundle_root"] = str(view)
+    parser["ckpt_dir"] = str(view / "models")
+    parser.get_parsed_content("trained_check")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 #   MONAILABEL_VENV    MONAI Label's venv (default .venv-monailabel; created by setup_env.sh if missing)
 #   MONAILABEL_APP     the app folder it lays out (default .monailabel/app)
 #   GDKVM_WEIGHTS      weights to serve (default bundle/models/model.pt)
-#   GDKVM_OVERRIDES    JSON merged into the served inference.json, e.g. '{"network_size": "small"}'
+#   GDKVM_OVERRIDES    JSON merged into the served configs, e.g. '{"batch_size": 2}' for MONAI Label's /train; the
+#                      network and preprocessing come from the weights (an override contradicting them is refused)
 #   MONAILABEL_HOST    bind address (default 127.0.0.1)
 # Extra `--conf k v` pairs can follow in MONAILABEL_EXTRA (e.g. "--conf preload true").
 #

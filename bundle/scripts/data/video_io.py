@@ -59,7 +59,10 @@ def cine_format(path: str | Path) -> str:
         raise EchoDataError(path, f"cannot open: {e}") from e
     if head[128:132] == b"DICM":
         return "dicom"
-    raise EchoDataError(path, "unknown cine format (expected .dcm, .avi, .nii(.gz), .mhd/.mha/.nrrd)")
+    kind = f"'{Path(path).suffix}' files" if Path(path).suffix else "files without a suffix or DICOM header"
+    raise EchoDataError(
+        path, f"not a cine format: {kind} are not read (a cine is .dcm, .avi, .nii(.gz), .mhd/.mha/.nrrd)"
+    )
 
 
 def to_unit_range(image: np.ndarray, bits_stored: int | None = None) -> np.ndarray:
@@ -87,6 +90,16 @@ def _minmax(image: np.ndarray) -> np.ndarray:
     x = image.astype(np.float32)
     lo, hi = float(x.min()), float(x.max())
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def _one_line(error: BaseException, path: str | Path | None = None) -> str:
+    """``"EOFError: Compressed file ended ..."``: an exception's type and message on one line (for error messages).
+
+    ``path`` (already at the start of an :class:`EchoDataError`'s message) is replaced by "the file".
+    """
+    text = " ".join(str(error).split())
+    text = text.replace(str(path), "the file") if path is not None else text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _grey(frames: np.ndarray) -> np.ndarray:
@@ -186,23 +199,55 @@ def _dicom_region(ds: Any, H: int, W: int, path: str | Path) -> tuple[tuple[int,
     return (y0, y1 + 1, x0, x1 + 1), (spacing[0] * k, spacing[1] * k)
 
 
+def _check_dicom_frames(ds: Any, n_frames: int, path: str | Path) -> None:
+    """Uncompressed pixel data must hold exactly ``NumberOfFrames`` frames (compressed data is checked after decoding).
+
+    Raises:
+        EchoDataError: the pixel data holds more or fewer whole frames than ``NumberOfFrames`` says.
+    """
+    from pydicom.pixels.utils import get_expected_length
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or syntax is None or syntax.is_compressed:
+        return
+    try:
+        frame_bytes = get_expected_length(ds, unit="bytes") // n_frames
+    except Exception:  # Rows, Columns or BitsAllocated missing: decoding names the problem
+        return
+    held = len(ds.PixelData) // frame_bytes if frame_bytes else n_frames
+    if held != n_frames:
+        raise EchoDataError(
+            path,
+            f"NumberOfFrames = {n_frames} disagrees with the pixel data, which holds {held} frames of "
+            f"{int(ds.Rows)} x {int(ds.Columns)} pixels",
+        )
+
+
 def _load_dicom(path: str | Path, crop_to_region: bool) -> tuple[np.ndarray, dict]:
     import pydicom
     from pydicom import pixels
+    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(path)
-    except Exception as e:  # InvalidDicomError, EOFError, struct errors on truncated files
-        raise EchoDataError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from e
+    except InvalidDicomError as e:
+        raise EchoDataError(path, "not a DICOM file (no DICOM header)") from e
+    except Exception as e:  # EOFError, struct errors on truncated files
+        raise EchoDataError(path, f"truncated or corrupt DICOM file ({_one_line(e, path)})") from e
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise EchoDataError(path, "DICOM without pixel data")
     n_frames = int(ds.get("NumberOfFrames", 1) or 0)
     if n_frames == 0:
         raise EchoDataError(path, "the cine has zero frames (NumberOfFrames = 0)")
+    _check_dicom_frames(ds, n_frames, path)
     try:
-        arr = pixels.pixel_array(ds)  # YBR_* is converted to RGB here
+        with warnings.catch_warnings():  # pydicom warns (without the file name) where the checks below raise
+            warnings.simplefilter("ignore", UserWarning)
+            arr = pixels.pixel_array(ds)  # YBR_* is converted to RGB here
     except Exception as e:
-        raise EchoDataError(path, f"cannot decode pixel data ({type(e).__name__}: {e})") from e
+        raise EchoDataError(path, f"cannot decode pixel data ({_one_line(e, path)})") from e
+    if n_frames > 1 and arr.shape[0] != n_frames:
+        raise EchoDataError(path, f"NumberOfFrames = {n_frames} disagrees with the pixel data ({arr.shape[0]} frames)")
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     spp = int(ds.get("SamplesPerPixel", 1))
     if pi == "PALETTE COLOR":
@@ -276,6 +321,8 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float
 
             img = nib.load(str(path))
             data = np.asanyarray(img.dataobj).reshape(img.shape)  # keeps (x, y, 0) for an empty series
+            if data.dtype.names:  # RGB24 / RGBA32: one structured (R, G, B) value per voxel -> luminance
+                data = _grey(np.stack([data[c] for c in data.dtype.names[:3]], axis=-1))
             zooms = tuple(float(z) for z in img.header.get_zooms())
             if data.ndim == 4 and data.shape[2] == 1:  # x, y, 1, t
                 data, zooms = data[:, :, 0], (zooms[0], zooms[1], zooms[3])
@@ -296,14 +343,21 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float
     except EchoDataError:
         raise
     except Exception as e:  # truncated gzip, bad header, missing .raw
-        raise EchoDataError(path, f"not a readable {fmt} image ({type(e).__name__}: {e})") from e
+        raise EchoDataError(path, f"not a readable {fmt} file, truncated or corrupt ({_one_line(e, path)})") from e
     raise EchoDataError(path, f"not a volume file (format {fmt})")
 
 
 def _load_volume_cine(path: str | Path) -> tuple[np.ndarray, dict]:
     data, (row, col, _t), fmt = load_volume(path)
-    if data.ndim == 4 and data.shape[2] in (3, 4):  # colour (y, x, c, t)
-        data = np.moveaxis(_grey(np.moveaxis(data, 2, -1)), -1, -1)
+    if data.ndim == 4:
+        channels, frames = data.shape[2:]
+        if channels not in (3, 4) or frames in (3, 4):  # (x, y, t, 3), (x, y, z, t) or ambiguous
+            raise EchoDataError(
+                path,
+                f"a 4-D image of {data.shape[1]} x {data.shape[0]} x {channels} x {frames} voxels is not a cine: "
+                "expected x, y, t (grey) or x, y, 3, t (RGB before time, more than 4 frames)",
+            )
+        data = _grey(np.moveaxis(data, 2, -1))  # colour (y, x, c, t) -> (y, x, t)
     check_cine(data, path)
     return to_unit_range(data), _meta(path, fmt, data.shape, (row, col), math.nan)
 
@@ -326,9 +380,14 @@ def load_cine(path: str | Path, crop_to_region: bool = True) -> tuple[np.ndarray
         (H, W, T before cropping), ``crop`` ((y0, y1, x0, x1) or None), ``affine`` (4 x 4, see ``cine_affine``).
 
     Raises:
-        EchoDataError: unreadable/truncated file, 2D image, zero frames, NaN or constant frames, DICOM without
-            pixel data.
+        EchoDataError: missing, empty, unreadable or truncated file, 2D image, zero frames, NaN or constant frames,
+            DICOM without pixel data or whose NumberOfFrames disagrees with it, a 4-D image that is not
+            ``x, y, 3, t`` colour. The message starts with the file and fits on one line.
     """
+    if not Path(path).is_file():
+        raise EchoDataError(path, "file not found" if not Path(path).exists() else "not a file")
+    if Path(path).stat().st_size == 0:
+        raise EchoDataError(path, "empty file (0 bytes)")
     fmt = cine_format(path)
     if fmt == "dicom":
         return _load_dicom(path, crop_to_region)

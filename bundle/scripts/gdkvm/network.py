@@ -22,13 +22,13 @@ multiple of 16 inside and cropped back.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .decoder import MaskDecoder, ValueFuser
+from .description import SelfDescribingModule
 from .encoders import build_resnet_trunk, load_imagenet_weights, trunk_channels
 from .kpff import KeyProjection
 from .memory import UPDATE_RULES, LinearKeyValueMemory, read_memory, tokens_from_map
@@ -77,7 +77,7 @@ class GDKVMState(NamedTuple):
     prev_prob: torch.Tensor
 
 
-class GDKVM(nn.Module):
+class GDKVM(SelfDescribingModule):
     """GDKVM network.
 
     Args:
@@ -90,6 +90,9 @@ class GDKVM(nn.Module):
         refine_blocks: override the size's values.
         key_encoder_weights, value_encoder_weights: optional local files with torchvision ImageNet ResNet state
             dicts (never downloaded); only for ``backbone_width=1``.
+        trained_with: how the training frames were prepared (the bundle passes ``labels``, ``spatial_size``,
+            ``keep_aspect``). Saved with the weights and checked on load, together with the arguments above
+            (see :mod:`scripts.gdkvm.description`); None takes it from the checkpoint that is loaded.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class GDKVM(nn.Module):
         refine_blocks: int | None = None,
         key_encoder_weights: str | None = None,
         value_encoder_weights: str | None = None,
+        trained_with: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if size not in SIZES:
@@ -139,6 +143,7 @@ class GDKVM(nn.Module):
         self.num_objects = out_channels - 1
         self.update_rule = update_rule
         self.kpff = kpff
+        self.trained_with = dict(trained_with) if trained_with is not None else None
         self.key_dim = int(cfg["key_dim"])
         self.value_dim = int(cfg["value_dim"])
 
@@ -157,6 +162,16 @@ class GDKVM(nn.Module):
             load_imagenet_weights(self.key_encoder, key_encoder_weights)
         if value_encoder_weights:
             load_imagenet_weights(self.value_encoder, value_encoder_weights)
+
+    def network_arguments(self) -> dict[str, Any]:
+        """The arguments that determine the state dict's tensors (saved with the weights, checked on load)."""
+        return {
+            "size": self.size,
+            "out_channels": self.out_channels,
+            "update_rule": self.update_rule,
+            "kpff": self.kpff,
+            "architecture": dict(self.config),
+        }
 
     # ------------------------------------------------------------------ streaming API
     def init_state(
