@@ -107,7 +107,7 @@ def main() -> None:
     samples = prepare_samples()
     timings["inference"] = run_step(
         "3/3 segment the real pydicom apical 4-chamber cine and a held-out synthetic cine",
-        ["--config_file", INFER, "--dataset_dir", str(SAMPLES), "--output_dir", str(INFER_DIR)],
+        ["--config_file", INFER, "--dataset_dir", str(SAMPLES), "--output_dir", str(INFER_DIR), "--overwrite", "True"],
     )
 
     summary = json.loads((EVAL_DIR / "metrics_summary.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from monai.data import load_net_with_metadata
 
 from scripts.export import GDKVMStreamStep, OnnxStream, export_onnx_step, export_torchscript, load_network
 from scripts.gdkvm import GDKVM
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 
 torch.set_num_threads(2)
 
@@ -148,3 +151,23 @@ def test_onnx_command_line_helpers(tmp_path) -> None:
     assert torch.backends.mha.get_fastpath_enabled()
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_network(tmp_path / "nope.pt")
+
+
+def test_exports_build_the_network_the_checkpoint_describes(tmp_path) -> None:
+    from scripts.gdkvm import GDKVMSoftmaxMemory
+    from scripts.gdkvm.description import CheckpointMismatchError
+
+    ablation = small_net(out_channels=4, update_rule="delta", kpff=False)
+    torch.save(ablation.state_dict(), tmp_path / "model.pt")
+    video = torch.rand(1, 1, 32, 32, 2)
+    for net in (
+        load_network(tmp_path / "model.pt"),  # no keywords: the checkpoint says what it is
+        load_network(tmp_path / "model.pt", config_file=str(BUNDLE / "configs" / "inference.json")),
+    ):
+        assert (net.out_channels, net.update_rule, net.kpff) == (4, "delta", False)
+        with torch.no_grad():
+            torch.testing.assert_close(net(video), ablation.eval()(video))
+    with pytest.raises(CheckpointMismatchError, match="kpff: checkpoint False, this network True"):
+        load_network(tmp_path / "model.pt", kpff=True)
+    torch.save(GDKVMSoftmaxMemory(size="small").state_dict(), tmp_path / "softmax.pt")
+    assert isinstance(load_network(tmp_path / "softmax.pt"), GDKVMSoftmaxMemory)

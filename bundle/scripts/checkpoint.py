@@ -125,6 +125,31 @@ def trained_settings(checkpoint: str | Path, defaults: Mapping[str, Any] | None 
     return values
 
 
+def build_network(checkpoint: str | Path, **overrides: Any) -> torch.nn.Module:
+    """The network that ``checkpoint`` describes, with its weights loaded (eval mode, CPU).
+
+    ``overrides`` (``size``, ``out_channels``, ``update_rule``, ``kpff``) must agree with the checkpoint (they are
+    checked on load); a checkpoint saved before bundle 0.3.0 needs them all.
+    """
+    from scripts.gdkvm import GDKVM, GDKVMSoftmaxMemory
+
+    description = read_description(checkpoint) or {}
+    network = dict(description.get("network") or {})
+    architecture = network.pop("architecture", {}) or {}
+    kwargs = {**network, **{k: v for k, v in overrides.items() if v is not None}}
+    if not kwargs.get("size"):
+        raise ValueError(f"{checkpoint}: saved before bundle 0.3.0, it does not say its network: pass size etc.")
+    model = GDKVMSoftmaxMemory if description.get("model") == "GDKVMSoftmaxMemory" else GDKVM
+    if model is GDKVMSoftmaxMemory:
+        kwargs.pop("update_rule", None)
+    from scripts.gdkvm import SIZES
+
+    changed = {k: v for k, v in architecture.items() if plain(SIZES[kwargs["size"]].get(k)) != plain(v)}
+    net = model(**kwargs, **changed)
+    net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
 def check_settings(checkpoint: str | Path, settings: Mapping[str, Any]) -> None:
     """Stop (:class:`ConfigContradictsCheckpoint`) when ``settings`` contradict what ``checkpoint`` was trained with.
 

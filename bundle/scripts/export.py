@@ -10,9 +10,12 @@ ONNX Runtime; the state that it carries has the same size at every frame.
 
 Command line (from the bundle folder, or with ``PYTHONPATH=bundle``)::
 
-    python -m scripts.export onnx --ckpt models/model.pt --out models/model_step.onnx --height 112 --width 112 \\
-        [--config_file configs/inference.json | --size small --out_channels 2]
-    python -m scripts.export torchscript --ckpt models/model.pt --out models/model.ts [--config_file ...]
+    python -m scripts.export onnx --ckpt models/model.pt --out models/model_step.onnx --height 112 --width 112
+    python -m scripts.export torchscript --ckpt models/model.pt --out models/model.ts
+
+The network is the one the checkpoint says it was trained as (:mod:`scripts.checkpoint`); ``--config_file
+configs/inference.json`` builds it through the bundle config instead, and ``--size small --out_channels 2`` etc.
+are needed only for a checkpoint saved before bundle 0.3.0.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import build_network
 from .gdkvm import GDKVM, GDKVMState
 
 ONNX_INPUTS = ("frame", "memory", "prev_prob")
@@ -211,34 +215,44 @@ def load_network(
     ckpt: str | Path | None = None,
     config_file: str | Sequence[str] | None = None,
     net_id: str = "network_def",
-    size: str = "small",
-    out_channels: int = 2,
-    update_rule: str = "gated_delta",
-    kpff: bool = True,
+    size: str | None = None,
+    out_channels: int | None = None,
+    update_rule: str | None = None,
+    kpff: bool | None = None,
     key_in_ckpt: str | None = None,
 ) -> GDKVM:
-    """Build the network from a bundle config (``net_id`` of ``config_file``) or from the keywords, load weights.
+    """Build the network that ``ckpt`` was trained as and load its weights.
 
     Args:
         ckpt: a plain state dict (``torch.save(net.state_dict())``), or a dict holding one under ``key_in_ckpt``;
-            None keeps the initial weights (the command line always asks for a checkpoint).
-        config_file: bundle config(s) defining ``net_id``; when given, ``size``... ``kpff`` are ignored.
+            None keeps the initial weights of the network the keywords (or ``config_file``) describe.
+        config_file: bundle config(s) defining ``net_id``; their ``checkpoint`` is set to ``ckpt``, so a bundle's
+            ``inference.json`` builds the network the checkpoint describes.
+        size, out_channels, update_rule, kpff: default to what the checkpoint says it was trained with (see
+            :mod:`scripts.checkpoint`); given, they must agree with it. Without a checkpoint: small, 2, gated_delta,
+            True.
 
     Returns:
         The network in eval mode, on the CPU.
     """
+    keywords = {"size": size, "out_channels": out_channels, "update_rule": update_rule, "kpff": kpff}
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    if config_file is None and ckpt is not None and not key_in_ckpt:
+        return build_network(ckpt, **keywords)
     if config_file is not None:
         from monai.bundle import ConfigParser
 
         parser = ConfigParser()
         parser.read_config(config_file)
+        if ckpt is not None:
+            parser["checkpoint"] = str(Path(ckpt).resolve())
         net = parser.get_parsed_content(net_id)
     else:
-        net = GDKVM(size=size, out_channels=out_channels, update_rule=update_rule, kpff=kpff)
+        defaults = {"size": "small", "out_channels": 2, "update_rule": "gated_delta", "kpff": True}
+        net = GDKVM(**{k: v if v is not None else defaults[k] for k, v in keywords.items()})
     if ckpt is not None:
         path = Path(ckpt)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
         weights = torch.load(path, map_location="cpu", weights_only=True)
         if key_in_ckpt:
             if key_in_ckpt not in weights:
