@@ -1,0 +1,43 @@
+"""What a bundle command prints when bad input stops it: one line naming the file and the problem, not a traceback.
+
+``python -m monai.bundle run ...`` wraps every error of a config item in ``RuntimeError("Failed to instantiate ...")``
+and prints the whole chain (60 lines and more) with the useful message in the middle. The configs' ``initialize``
+calls :func:`install_excepthook`: an uncaught exception whose chain holds a :class:`scripts.data.EchoDataError`
+(a missing data folder, an unreadable file) then ends the command with ``error: <file>: <problem>`` and exit status
+1. Any other exception keeps Python's traceback, and ``GDKVM_TRACEBACK=1`` keeps it for these too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import TracebackType
+
+from scripts.data.errors import EchoDataError
+
+__all__ = ["echo_data_error_in", "install_excepthook"]
+
+
+def echo_data_error_in(error: BaseException) -> EchoDataError | None:
+    """The first :class:`EchoDataError` in ``error``'s chain of causes and contexts, or None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, EchoDataError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _excepthook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+    found = echo_data_error_in(error)
+    if found is None or os.environ.get("GDKVM_TRACEBACK"):
+        sys.__excepthook__(kind, error, trace)
+        return
+    print(f"error: {found} (GDKVM_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+
+
+def install_excepthook() -> None:
+    """Make bad echo input end a bundle command with one line (see the module). Idempotent."""
+    sys.excepthook = _excepthook
