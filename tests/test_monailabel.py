@@ -1,13 +1,21 @@
-"""MONAI Label end to end: serve the bundle from MONAI Label's own venv (tools/monailabel/start_server.sh) with
-synthetic CAMUS-layout cines as the studies folder, ask for an auto-segmentation, check the label volume, stop.
+"""MONAI Label end to end: serve the bundle from MONAI Label's own venv (tools/monailabel/start_server.sh, no override
+of the network or the preprocessing) with held-out synthetic CAMUS-layout cines, the pydicom A4C DICOM cine and a
+truncated file as the studies folder; check what an annotation team meets: labels equal to the bundle's own inference
+(Dice against the truth reported), DICOM through the datastore and uploads, one-line errors with fitting statuses and
+nothing saved for a failed request, a server that answers ``/info/`` during a burst of inferences, a studies folder
+that cannot work refused at start-up, and fine-tuning.
 
 Needs MONAI Label's venv (``make test-monailabel`` builds it): ``.venv-monailabel`` or ``$GDKVM_MONAILABEL_VENV``.
+Serves ``bundle/models/model.pt`` when it describes itself (after ``make demo``: the Dice is then the trained model's),
+else random weights of the small network (the comparisons hold all the same).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +37,12 @@ START = REPO_ROOT / "tools" / "monailabel" / "start_server.sh"
 NAME = "gdkvm_echo_segmentation"
 VENV = Path(os.environ.get("GDKVM_MONAILABEL_VENV") or REPO_ROOT / ".venv-monailabel")
 METADATA = json.loads((REPO_ROOT / "bundle" / "configs" / "metadata.json").read_text())
+# the trained model served when it describes itself (make demo writes it; GDKVM_MONAILABEL_TEST_WEIGHTS names another)
+DEMO_WEIGHTS = Path(os.environ.get("GDKVM_MONAILABEL_TEST_WEIGHTS") or REPO_ROOT / "bundle" / "models" / "model.pt")
+TRAIN_ONLY = {"num_frames": 4, "batch_size": 1, "iterations_per_epoch": 2}  # /train knobs; nothing for inference
+# One torch thread for the server and the bundle's own inference: on a CI machine shared with other jobs, torch's
+# threads waiting for each other made single inferences of these small cines take up to 30 s instead of 0.3 s.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,60 +60,113 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def request(url: str, method: str = "GET", timeout: float = 120) -> bytes:
-    with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=timeout) as response:
-        return response.read()
+def call(url: str, method: str = "GET", files: dict | None = None, timeout: float = 120) -> tuple[int, bytes]:
+    """HTTP request -> (status, body); ``files`` = ``{field: (filename, bytes)}`` or ``{field: text}`` (multipart)."""
+    data, headers = None, {}
+    if files is not None:
+        boundary = uuid.uuid4().hex
+        parts = []
+        for field, value in files.items():
+            if isinstance(value, tuple):
+                head = f'Content-Disposition: form-data; name="{field}"; filename="{value[0]}"\r\n'
+                parts.append(
+                    f"--{boundary}\r\n{head}Content-Type: application/octet-stream\r\n\r\n".encode() + value[1]
+                )
+            else:
+                head = f'Content-Disposition: form-data; name="{field}"\r\n\r\n'
+                parts.append(f"--{boundary}\r\n{head}".encode() + value.encode())
+        data = b"\r\n".join(parts) + f"\r\n--{boundary}--\r\n".encode()
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def detail(body: bytes) -> str:
+    return json.loads(body)["detail"]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
+
+
+def self_describing_weights(work: Path) -> tuple[Path, bool]:
+    """The demo's trained model when it describes itself, else random small-network weights trained "at" 64 x 64."""
+    from scripts.checkpoint import read_description
+    from scripts.gdkvm import GDKVM
+
+    try:
+        if DEMO_WEIGHTS.is_file() and read_description(DEMO_WEIGHTS) is not None:
+            return DEMO_WEIGHTS, True
+    except ValueError:
+        pass
+    torch.manual_seed(0)
+    net = GDKVM(size="small", out_channels=2, trained_with={"labels": "lv", "spatial_size": 64, "keep_aspect": True})
+    torch.save(net.state_dict(), work / "model.pt")
+    return work / "model.pt", False
+
+
+def start_server(studies: Path, work: Path, weights: Path, port: int) -> subprocess.Popen:
+    env = dict(os.environ, **ONE_THREAD)
+    env.update(
+        MONAILABEL_VENV=str(VENV),
+        MONAILABEL_APP=str(work / "app"),
+        GDKVM_WEIGHTS=str(weights),
+        GDKVM_OVERRIDES=json.dumps(TRAIN_ONLY),
+    )
+    env.pop("PYTHONPATH", None)
+    with open(work / "server.log", "ab") as log:  # the child has its own copy of the file descriptor
+        return subprocess.Popen(
+            ["bash", str(START), str(studies), str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[dict]:
-    """Starts MONAI Label on 127.0.0.1 with two synthetic cines; kills its process group afterwards."""
-    from scripts.gdkvm import GDKVM
+    """MONAI Label on 127.0.0.1: two held-out synthetic cines (ground truth in labels/final), one cropped to 64 x 52
+    (a transposed label would show), the pydicom A4C DICOM cine and a truncated NIfTI. Killed afterwards."""
+    from pydicom import examples
+
     from scripts.synthetic import write_camus_dataset
 
     work = tmp_path_factory.mktemp("monailabel")
     write_camus_dataset(work / "synthetic", 2, seed=7, size=64, progress=False)
     studies = work / "studies"
-    studies.mkdir()
-    cines = sorted((work / "synthetic").rglob("*_4CH_half_sequence.nii.gz"))
     (studies / "labels" / "final").mkdir(parents=True)
+    cines = sorted((work / "synthetic").rglob("*_4CH_half_sequence.nii.gz"))
+    truth = {}
     for cine in cines:  # images, and their ground truth as labels saved through MONAI Label would be
-        (studies / cine.name).write_bytes(cine.read_bytes())
+        shutil.copyfile(cine, studies / cine.name)
         gt = cine.with_name(cine.name.replace(".nii.gz", "_gt.nii.gz"))
-        (studies / "labels" / "final" / cine.name).write_bytes(gt.read_bytes())
-    source = nib.load(str(cines[0]))  # a non-square cine (x 64, y 52) catches a transposed label
+        shutil.copyfile(gt, studies / "labels" / "final" / cine.name)
+        truth[cine.name[: -len(".nii.gz")]] = gt
+    source = nib.load(str(cines[0]))
     cropped = np.asanyarray(source.dataobj)[:, 6:58]
     nib.save(nib.Nifti1Image(cropped, source.affine, source.header), str(studies / "narrow_4CH.nii.gz"))
-    torch.manual_seed(0)
-    torch.save(GDKVM(size="small", out_channels=2).state_dict(), work / "model.pt")
+    shutil.copyfile(examples.get_path("ybr_color"), studies / "a4c_ybr_color.dcm")
+    (studies / "truncated_4CH.nii.gz").write_bytes(cines[1].read_bytes()[:300])
+    weights, trained = self_describing_weights(work)
     port = free_port()
-    env = dict(os.environ)
-    env.update(
-        MONAILABEL_VENV=str(VENV),
-        MONAILABEL_APP=str(work / "app"),
-        GDKVM_WEIGHTS=str(work / "model.pt"),
-        GDKVM_OVERRIDES=json.dumps(
-            {"network_size": "small", "spatial_size": 64, "num_frames": 4, "batch_size": 1, "iterations_per_epoch": 2}
-        ),
-    )
-    env.pop("PYTHONPATH", None)
-    log = open(work / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        ["bash", str(START), str(studies), str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
+    proc = start_server(studies, work, weights, port)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
             try:
-                info = json.loads(request(f"{base}/info/", timeout=5))
-                break
+                status, body = call(f"{base}/info/", timeout=5)
+                if status == 200:
+                    info = json.loads(body)
+                    break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start:\n{(work / 'server.log').read_text()[-4000:]}") from None
-                time.sleep(1)
-        yield {"base": base, "info": info, "studies": studies, "work": work}
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{(work / 'server.log').read_text()[-4000:]}")
+            time.sleep(1)
+        yield {"base": base, "info": info, "studies": studies, "work": work, "truth": truth, "trained": trained}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -107,7 +175,10 @@ def server(tmp_path_factory) -> Iterator[dict]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=20)
-        log.close()
+
+
+def infer(server: dict, image_id: str, **kwargs) -> tuple[int, bytes]:
+    return call(f"{server['base']}/infer/{NAME}?image={image_id}&output=image", method="POST", **kwargs)
 
 
 def test_info_lists_the_bundle_with_its_channels(server: dict) -> None:
@@ -116,38 +187,189 @@ def test_info_lists_the_bundle_with_its_channels(server: dict) -> None:
     expected = {v.lower(): int(k) for k, v in channel_def.items() if v.lower() != "background"}
     assert model["labels"] == expected
     assert model["type"] == "segmentation" and model["dimension"] == 3
+    listed = json.loads(call(f"{server['base']}/datastore/?output=all")[1])["objects"]
+    assert {"a4c_ybr_color", "narrow_4CH", *server["truth"]} <= set(listed)  # DICOM listed as NIfTI is
 
 
-def test_infer_returns_label_in_image_geometry(server: dict) -> None:
-    studies: Path = server["studies"]
-    for image_file in sorted(studies.glob("*.nii.gz")):
-        image_id = image_file.name[: -len(".nii.gz")]
-        body = request(f"{server['base']}/infer/{NAME}?image={image_id}&output=image", method="POST")
-        out = server["work"] / f"{image_id}_label.nii.gz"
-        out.write_bytes(body)
-        image, label = nib.load(str(image_file)), nib.load(str(out))
-        assert label.shape == image.shape
-        np.testing.assert_allclose(label.affine, image.affine, atol=1e-4)
-        values = set(np.unique(np.asarray(label.dataobj)).tolist())
-        assert values <= {0, 1}, values
-    # the same labels as the bundle's own inference (project venv) writes for these files
-    standalone = server["work"] / "standalone"
-    subprocess.run(
+def test_served_as_trained_equals_the_bundles_own_inference(server: dict, record_property) -> None:
+    """No override: MONAI Label's labels (NIfTI and DICOM through pydicom 2) equal ``inference.json``'s (pydicom 3)."""
+    studies, work = server["studies"], server["work"]
+    images = sorted(p for p in studies.iterdir() if p.is_file() and p.name.endswith((".nii.gz", ".dcm")))
+    images = [p for p in images if not p.name.startswith("truncated")]
+    for image_file in images:
+        stem = image_file.name.split(".")[0]
+        status, body = infer(server, stem)
+        assert status == 200, body[-500:]
+        (work / f"{stem}_label.nii.gz").write_bytes(body)
+        label = nib.load(str(work / f"{stem}_label.nii.gz"))
+        assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, 1}
+        if image_file.name.endswith(".nii.gz"):
+            image = nib.load(str(image_file))
+            assert label.shape == image.shape
+            np.testing.assert_allclose(label.affine, image.affine, atol=1e-4)
+        else:  # the whole 320 x 240 frame of the DICOM, x first, 30 frames
+            assert label.shape == (320, 240, 30)
+    standalone = work / "standalone"
+    done = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO_ROOT / "bundle/configs/inference.json"),
          "--bundle_root", str(REPO_ROOT / "bundle"), "--dataset_dir", str(studies), "--output_dir", str(standalone),
-         "--network_size", "small", "--spatial_size", "64", "--write_clinical_report", "False",
-         "--write_overlays", "False", "--ckpt_dir", str(server["work"])],
-        check=True, capture_output=True, timeout=300,
+         "--datalist", repr([p.name for p in images]), "--write_clinical_report", "False", "--write_overlays", "False",
+         "--ckpt_dir", str(work / "app" / "model" / NAME / "models")],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, **ONE_THREAD),
     )  # fmt: skip
-    for image_file in sorted(studies.glob("*.nii.gz")):
-        stem = image_file.name[: -len(".nii.gz")]
-        served = np.asarray(nib.load(str(server["work"] / f"{stem}_label.nii.gz")).dataobj)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for image_file in images:
+        stem = image_file.name.split(".")[0]
+        served = np.asarray(nib.load(str(work / f"{stem}_label.nii.gz")).dataobj)
         expected = np.asarray(nib.load(str(standalone / f"{stem}_seg.nii.gz")).dataobj)
-        np.testing.assert_array_equal(served, expected)
-    result = json.loads(
-        request(f"{server['base']}/infer/{NAME}?image={image_id}&output=json", method="POST").decode() or "{}"
+        np.testing.assert_array_equal(served, expected, err_msg=stem)
+    scores = {}
+    for stem, gt in server["truth"].items():
+        served = np.asarray(nib.load(str(work / f"{stem}_label.nii.gz")).dataobj)
+        scores[stem] = dice(served == 1, np.asarray(nib.load(str(gt)).dataobj) == 1)
+    record_property("lv_dice_against_truth", scores)
+    print(f"LV Dice against the truth ({'trained demo model' if server['trained'] else 'random weights'}): {scores}")
+    if server["trained"]:
+        assert min(scores.values()) > 0.8, scores
+
+
+def test_dicom_reader_gives_the_same_cine_with_pydicom_2_and_3(server: dict, tmp_path) -> None:
+    """MONAI Label's venv has pydicom 2.x, the project's pydicom 3: ``load_cine`` must read DICOM identically."""
+    import pydicom
+    from fixtures_echo import write_dicom
+
+    from scripts.data import load_cine
+
+    assert int(pydicom.__version__.split(".")[0]) >= 3
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (4, 40, 48, 3), dtype=np.uint8)
+    files = [server["studies"] / "a4c_ybr_color.dcm"]
+    for kind in ("mono", "rgb", "jpeg"):
+        files.append(write_dicom(tmp_path / f"{kind}.dcm", frames[..., 0] if kind == "mono" else frames, kind=kind,
+                                 region=(2, 3, 45, 37)))  # fmt: skip
+    script = (
+        "import sys, numpy as np, pydicom; sys.path.insert(0, sys.argv[1]); from scripts.data import load_cine\n"
+        "assert pydicom.__version__.startswith('2.'), pydicom.__version__\n"
+        "np.savez(sys.argv[2], **{str(i): load_cine(f)[0] for i, f in enumerate(sys.argv[3:])})\n"
     )
-    assert sys.version_info >= (3, 10) and isinstance(result, dict)
+    out = tmp_path / "pydicom2.npz"
+    done = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", script, str(REPO_ROOT / "bundle"), str(out), *map(str, files)],
+        capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as old:
+        for i, f in enumerate(files):
+            np.testing.assert_array_equal(old[str(i)], load_cine(f)[0], err_msg=f.name)
+
+
+def test_dicom_upload_then_inference(server: dict) -> None:
+    a4c = (server["studies"] / "a4c_ybr_color.dcm").read_bytes()
+    status, body = call(f"{server['base']}/datastore/image", "PUT", files={"file": ("scanner_a4c.dcm", a4c)})
+    assert status == 200, body
+    image_id = json.loads(body)["image"]
+    assert image_id == "scanner_a4c" and (server["studies"] / "scanner_a4c.dcm").is_file()
+    status, body = infer(server, image_id)
+    assert status == 200, body[-500:]
+    status, one_off = call(  # a one-off cine sent with the request, not stored
+        f"{server['base']}/infer/{NAME}?output=image", "POST", files={"file": ("one_off.dcm", a4c), "params": "{}"}
+    )
+    assert status == 200, one_off[-500:]
+    for name, label in (("uploaded", body), ("one_off", one_off)):
+        path = server["work"] / f"{name}_label.nii.gz"
+        path.write_bytes(label)
+        label_array = np.asarray(nib.load(str(path)).dataobj)
+        assert label_array.shape == (320, 240, 30)  # the whole frame, x first, as for the file in the studies folder
+        earlier = server["work"] / "a4c_ybr_color_label.nii.gz"
+        if earlier.is_file():
+            np.testing.assert_array_equal(label_array, np.asarray(nib.load(str(earlier)).dataobj))
+
+
+def test_failures_reach_the_client_with_a_status_and_one_line(server: dict) -> None:
+    base, studies = server["base"], server["studies"]
+    labels_before = sorted(p.relative_to(studies) for p in (studies / "labels").rglob("*"))
+
+    cases = []
+    cases.append(("unknown image", *infer(server, "no_such_cine"), 404, "no_such_cine"))
+    cases.append(("unknown model", *call(f"{base}/infer/no_such_model?image=narrow_4CH", "POST"), 404, "no_such_model"))
+    cases.append(("no image", *call(f"{base}/infer/{NAME}", "POST"), 422, "no image"))
+    truncated = infer(server, "truncated_4CH", files={"params": json.dumps({"save_label": True})})
+    cases.append(("truncated cine, save_label", *truncated, 422, "truncated_4CH.nii.gz: not a readable nifti file"))
+    one_off = call(f"{base}/infer/{NAME}?output=image", "POST", files={"file": ("sent.dcm", b"DICM but not DICOM")})
+    cases.append(("cine sent with /infer", *one_off, 422, "sent.dcm: not a DICOM file"))
+    upload = f"{base}/datastore/image"
+    cases.append(("empty upload", *call(upload, "PUT", files={"file": ("empty.dcm", b"")}), 422, "empty.dcm: empty"))
+    text = call(upload, "PUT", files={"file": ("notes.nii.gz", b"not a nifti at all")})
+    cases.append(("corrupt upload", *text, 422, "notes.nii.gz: not a readable nifti file"))
+    wrong = nib.Nifti1Image(np.zeros((10, 10, 3), np.uint8), np.eye(4))
+    wrong_path = server["work"] / "wrong_label.nii.gz"
+    nib.save(wrong, str(wrong_path))
+    label_put = call(f"{base}/datastore/label?image=narrow_4CH&tag=final", "PUT",
+                     files={"label": ("narrow_4CH.nii.gz", wrong_path.read_bytes())})  # fmt: skip
+    cases.append(("label of the wrong shape", *label_put, 422, "label shape (10, 10, 3) differs"))
+    for name, status, body, expected_status, expected_text in cases:
+        reason = detail(body)
+        print(f"{name}: HTTP {status}: {reason}")
+        assert status == expected_status, (name, status, body)
+        assert expected_text in reason and "\n" not in reason, (name, reason)
+
+    assert sorted(p.relative_to(studies) for p in (studies / "labels").rglob("*")) == labels_before
+    assert not (studies / "empty.dcm").exists() and not (studies / "notes.nii.gz").exists()
+    listed = json.loads(call(f"{base}/datastore/?output=all")[1])["objects"]
+    assert "empty" not in listed and "notes" not in listed
+
+
+def test_server_answers_during_a_burst_of_inferences(server: dict, record_property) -> None:
+    base = server["base"]
+    images = sorted(server["truth"]) + ["narrow_4CH"]
+    burst = [images[i % len(images)] for i in range(20)]
+    infer(server, images[0])  # warm
+
+    def one(image_id: str) -> tuple[int, float]:
+        start = time.monotonic()
+        status, _ = infer(server, image_id, timeout=300)
+        return status, time.monotonic() - start
+
+    info_latencies = []
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(one, image_id) for image_id in burst]
+        time.sleep(0.5)
+        while not all(f.done() for f in futures):
+            t0 = time.monotonic()
+            status, _ = call(f"{base}/info/", timeout=30)
+            info_latencies.append(time.monotonic() - t0)
+            assert status == 200
+            time.sleep(0.5)
+        results = [f.result() for f in futures]
+    total = time.monotonic() - start
+    latencies = sorted(seconds for _, seconds in results)
+    summary = {
+        "requests": len(results),
+        "total_s": round(total, 2),
+        "throughput_per_s": round(len(results) / total, 2),
+        "latency_min_s": round(latencies[0], 2),
+        "latency_median_s": round(latencies[len(latencies) // 2], 2),
+        "latency_max_s": round(latencies[-1], 2),
+        "info_checks": len(info_latencies),
+        "info_max_s": round(max(info_latencies), 3),
+    }
+    record_property("burst", summary)
+    print(f"burst of 20 /infer: {summary}")
+    assert [status for status, _ in results] == [200] * 20
+    assert len(info_latencies) >= 3 and max(info_latencies) < 1.0, info_latencies
+
+
+def test_a_studies_tree_is_refused_at_start_up(server: dict) -> None:
+    """A CAMUS tree (cines in one folder per patient) would be an empty datastore: refused before the server starts."""
+    tree, work = server["work"] / "synthetic", server["work"] / "refused"
+    work.mkdir()
+    proc = start_server(tree, work, server["work"] / "app" / "model" / NAME / "models" / "model.pt", free_port())
+    assert proc.wait(timeout=120) != 0
+    log = (work / "server.log").read_text()
+    assert f"studies folder {tree}: its " in log, log[-2000:]
+    assert "lie in 2 subfolder(s) (database_nifti/patient0001/, ...)" in log, log[-2000:]
+    assert "Traceback" not in log and not (work / "app").exists()
 
 
 def test_train_fine_tunes_on_labels_saved_through_monailabel(server: dict) -> None:

@@ -65,7 +65,7 @@ def cine_datalist(
 
 
 def failure_reason(error: BaseException, source: str | Path) -> str:
-    """The problem of an input that failed, on one line (at most 1000 characters), without the input's path.
+    """The problem of an input that failed, on one line (at most 1000 characters); its path shortened to the name.
 
     The :class:`scripts.data.EchoDataError` inside MONAI's ``RuntimeError("applying transform ...")`` chain gives its
     problem (with its file if that is not ``source``); any other error gives ``"<Type>: <message>"`` of the innermost
@@ -82,7 +82,7 @@ def failure_reason(error: BaseException, source: str | Path) -> str:
         text = echo.problem if Path(echo.path) == Path(source) else str(echo)
     else:
         root = chain[-1]
-        message = str(root).replace(str(source), "the file")
+        message = str(root).replace(str(source), Path(source).name)
         text = f"{type(root).__name__}: {message}" if message.strip() else type(root).__name__
     return " ".join(text.split())[:1000]
 

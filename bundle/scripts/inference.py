@@ -146,6 +146,9 @@ class SaveCineResultd(MapTransform):
       :func:`image_nifti_like_label`);
     - with ``clinical=True``: the LV curve CSV/PNG and report JSON of :func:`scripts.clinical.write_cine_report`;
       with ``overlay=True`` the contour overlays (PNG contact sheet and GIF) of :func:`scripts.clinical.save_overlay`;
+    - with ``write_sr=True``: ``<stem>_sr.dcm``, a DICOM SR with the LV outlines, volumes and EF
+      (:mod:`scripts.clinical.dicom_sr`), for DICOM inputs with known spacing; for others the JSON's ``sr_reason``
+      says why there is none;
     - last, ``<stem>_seg.json``: frames, frame rate, spacing, ED/ES (per beat), LV area (mm^2, or px when the
       spacing is unknown) per frame, EDV/ESV/EF (single-plane Simpson) and the files written (``outputs``).
 
@@ -165,8 +168,10 @@ class SaveCineResultd(MapTransform):
         overlay: bool = True,
         keep_aspect: bool = False,
         save_image: bool = False,
+        write_sr: bool = False,
     ) -> None:
         super().__init__(keys)
+        self.write_sr = write_sr
         self.output_dir = Path(output_dir)
         self.keep_aspect = keep_aspect
         self.save_image = save_image
@@ -256,6 +261,8 @@ class SaveCineResultd(MapTransform):
             pairs = [(b["ed"], b["es"]) for b in report["beats"]]
             rate = _finite(meta.get("frame_rate"))
             files.update(clinical.save_overlay(original, labels, out_dir, name, ed_es_pairs=pairs, frame_rate=rate))
+        if self.write_sr:
+            files.update(_write_sr(source, measured, report, meta, out_dir / f"{name}_sr.dcm", self.lv_label, summary))
         summary["outputs"] = {k: Path(v).name for k, v in files.items()}
         with atomic_paths(json_path) as (json_tmp,):
             json_tmp.write_text(json.dumps(json_safe(summary), indent=2))
@@ -264,6 +271,24 @@ class SaveCineResultd(MapTransform):
         written = {k: str(v) for k, v in files.items()}
         self.written.append(written)
         return written
+
+
+def _write_sr(
+    source: Path, labels: np.ndarray, report: dict, meta: dict, path: Path, lv_label: int, summary: dict
+) -> dict[str, Path]:
+    """Write the DICOM SR of one cine (:mod:`scripts.clinical.dicom_sr`); ``{"sr": path}``, or ``{}`` and the reason
+    in ``summary["sr_reason"]`` (and the log) when the input cannot have one."""
+    from scripts.clinical.dicom_sr import SRUnavailableError, bundle_version, write_lv_sr
+
+    try:
+        write_lv_sr(source, labels, report, meta, path, lv_label=lv_label, algorithm_version=bundle_version())
+    except SRUnavailableError as e:
+        path.unlink(missing_ok=True)  # an SR of an earlier run would contradict this run's JSON
+        summary["sr_reason"] = str(e)
+        logger.warning("%s: no DICOM SR: %s", source, e)
+        return {}
+    summary["sr_reason"] = None
+    return {"sr": path}
 
 
 def summary_path(output_dir: str | Path, stem: str) -> Path:

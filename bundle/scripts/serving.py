@@ -9,19 +9,30 @@ network size, so ``pred`` must be brought back to the file's whole-frame voxel l
 :func:`scripts.geometry.label_nifti_like_input`) and those two meta entries set to that array's shape and affine.
 ``configs/monailabel_infer.json`` puts :class:`LabelToInputGeometryd` after the argmax in place of the file writer of
 ``configs/inference.json``.
+
+MONAI Label's datastore (a folder of studies) is checked here too, so that every adapter refuses the same things:
+:func:`datastore_layout_problem` (a folder MONAI Label cannot serve, e.g. a CAMUS tree) and
+:func:`check_uploaded_cine` / :func:`check_uploaded_label` (an upload that is not a readable cine or label).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.transforms import MapTransform
 
-from scripts.data.video_io import load_cine
+from scripts.data.errors import EchoDataError, check_label
+from scripts.data.video_io import cine_format, load_cine, load_volume
 from scripts.geometry import label_nifti_like_input, restore_labels
+from scripts.inference import CINE_SUFFIXES, LABEL_SUFFIXES, _is_dicom
+
+# File name patterns MONAI Label's local datastore lists as images (and labels): every cine format the bundle reads.
+DATASTORE_PATTERNS = tuple(f"*{suffix}" for suffix in CINE_SUFFIXES)
 
 
 class LabelToInputGeometryd(MapTransform):
@@ -64,3 +75,80 @@ class LabelToInputGeometryd(MapTransform):
                 meta["spatial_shape"] = np.asarray(array.shape)
                 meta["original_affine"] = np.asarray(nifti.affine, dtype=np.float64)
         return d
+
+
+def datastore_layout_problem(folder: str | os.PathLike) -> str | None:
+    """Why MONAI Label's local datastore cannot serve ``folder``, in one line; None when it can.
+
+    The local datastore lists only the files directly in the folder whose names end with a cine suffix
+    (:data:`DATASTORE_PATTERNS`), and keeps labels in ``labels/final`` (saved) and ``labels/original``. So a folder
+    whose cines all lie in subfolders (a CAMUS tree, one folder per patient; a DICOM study/series tree) would be an
+    empty datastore, DICOM files named without ``.dcm`` (``IM0001``) are never listed, and ground-truth files beside
+    the images (``*_gt.nii.gz``) would be listed as images to segment. An empty folder is fine (images are uploaded).
+    """
+    root = Path(folder)
+    if not root.exists():
+        return "no such folder (create it for an empty datastore that is filled by uploads)"
+    if not root.is_dir():
+        return "not a folder"
+    top = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    truth = [p.name for p in top if p.name.lower().endswith(LABEL_SUFFIXES)]
+    if truth:
+        return (
+            f"{len(truth)} ground-truth file(s) among the images ({truth[0]}, ...): MONAI Label would list them as "
+            "images to segment; move each to labels/final/ under its image's file name"
+        )
+    if any(p.name.lower().endswith(CINE_SUFFIXES) for p in top):
+        return None
+    unnamed = [p.name for p in top if p.name.lower() != "dicomdir" and _is_dicom(p)]
+    if unnamed:
+        return (
+            f"{len(unnamed)} DICOM file(s) without a .dcm suffix ({unnamed[0]}, ...), which MONAI Label does not list: "
+            "link or copy them under names ending in .dcm"
+        )
+    nested = [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+        and p.relative_to(root).parts[0] != "labels"
+        and not p.name.startswith(".")
+        and not p.name.lower().endswith(LABEL_SUFFIXES + (".raw", ".zraw"))
+        and (p.name.lower().endswith(CINE_SUFFIXES) or (p.name.lower() != "dicomdir" and _is_dicom(p)))
+    ]
+    if nested:
+        folders = sorted({p.parent.relative_to(root).as_posix() for p in nested})
+        return (
+            f"its {len(nested)} cine(s) lie in {len(folders)} subfolder(s) ({folders[0]}/, ...), but MONAI Label lists "
+            "only the files directly in the studies folder: point it at a flat folder of the cines (links will do; "
+            "see docs/deploy.md, 'Datastore layouts')"
+        )
+    return None
+
+
+def check_uploaded_cine(path: str | os.PathLike, name: str) -> None:
+    """Refuse an uploaded image that is not a readable cine: :class:`EchoDataError` naming ``name`` (the upload's
+    file name) instead of the temporary file ``path``."""
+    try:
+        load_cine(path)
+    except EchoDataError as e:
+        raise EchoDataError(name, e.problem) from e
+
+
+def check_uploaded_label(path: str | os.PathLike, name: str, image: str | os.PathLike) -> None:
+    """Refuse an uploaded label that is not a label volume over ``image``: readable NIfTI (or MetaImage/NRRD),
+    integer values in 0..3 (CAMUS numbering), and the shape of the labels the bundle returns for ``image`` (a NIfTI
+    image's own array shape; the whole frame ``W x H x T`` of a DICOM or video). Raises :class:`EchoDataError`
+    naming ``name``."""
+    try:
+        if cine_format(path) not in ("nifti", "itk"):
+            raise EchoDataError(path, "a label must be a NIfTI (.nii.gz) or MetaImage/NRRD volume")
+        label_hwt, _, _ = load_volume(path)
+        if cine_format(image) in ("nifti", "itk"):
+            expected = load_volume(image)[0].shape
+        else:
+            expected = load_cine(image)[1]["original_shape"]
+        check_label(label_hwt, path, image_shape=tuple(expected))
+    except EchoDataError as e:
+        if e.path != str(path):  # the image's own problem, already named
+            raise
+        raise EchoDataError(name, e.problem.replace(str(path), name)) from e

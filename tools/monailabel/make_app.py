@@ -1,17 +1,20 @@
-"""Lay out a MONAI Label ``monaibundle`` app that serves this repository's bundle (run by ``start_server.sh``).
+"""Lay out the MONAI Label app that serves this repository's bundle (run by ``start_server.sh``).
 
     python make_app.py APP_DIR [--name gdkvm_echo_segmentation] [--weights bundle/models/model.pt]
-                               [--overrides '{"write_overlays": false}']
+                               [--overrides '{"batch_size": 2}'] [--studies STUDIES_DIR]
 
 MONAI Label finds bundles only as folders ``<app>/model/<name>`` and reads ``configs/inference.json`` there (no
-option for another file name). This script copies the ``monaibundle`` sample app out of the MONAI Label install into
-``APP_DIR`` (once) and (re)builds ``APP_DIR/model/<name>/`` as a view of ``bundle/``: ``scripts``, ``docs`` and
-``LICENSE`` are symlinks, every config is a symlink except ``inference.json`` and ``train.json``: ``inference.json``
-is ``bundle/configs/inference.json`` merged with ``monailabel_infer.json`` (label returned as a tensor in the input's
-geometry, no files written), ``train.json`` is ``train.json`` merged with ``monailabel_train.json`` (MONAI Label's
-``{"image", "label"}`` datalist items read as whole labelled cines), both plus the ``--overrides``;
-``models/model.pt`` is a copy of the weights (MONAI Label's ``/train`` rewrites it, the repository's file stays
-untouched). Run it with MONAI Label's Python (it uses monai).
+option for another file name). This script writes the app, ``APP_DIR/main.py`` (a copy of ``app_main.py`` beside
+this file: the ``monaibundle`` sample app plus every cine format, one-line errors with fitting HTTP statuses and a
+server that keeps answering during inferences), and (re)builds ``APP_DIR/model/<name>/`` as a view of ``bundle/``:
+``scripts``, ``docs`` and ``LICENSE`` are symlinks, every config is a symlink except ``inference.json`` and
+``train.json``: ``inference.json`` is ``bundle/configs/inference.json`` merged with ``monailabel_infer.json`` (label
+returned as a tensor in the input's geometry, no files written), ``train.json`` is ``train.json`` merged with
+``monailabel_train.json`` (MONAI Label's ``{"image", "label"}`` datalist items read as whole labelled cines), both plus
+the ``--overrides``; ``models/model.pt`` is a copy of the weights (MONAI Label's ``/train`` rewrites it, the
+repository's file stays untouched). It stops (``SystemExit``, one reason) when the overrides contradict the weights or
+``--studies`` is a folder MONAI Label cannot serve (:func:`scripts.serving.datastore_layout_problem`). Run it with
+MONAI Label's Python (it uses monai).
 """
 
 from __future__ import annotations
@@ -22,18 +25,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE_DIR = REPO_ROOT / "bundle"
+APP_MAIN = Path(__file__).resolve().with_name("app_main.py")
 DEFAULT_NAME = "gdkvm_echo_segmentation"
-
-
-def sample_app_dir() -> Path:
-    """The ``monaibundle`` sample app shipped inside the MONAI Label wheel (``<venv>/monailabel/sample-apps``)."""
-    import sys
-
-    for root in (Path(sys.prefix), Path(sys.base_prefix)):
-        candidate = root / "monailabel" / "sample-apps" / "monaibundle"
-        if (candidate / "main.py").is_file():
-            return candidate
-    raise FileNotFoundError(f"monaibundle sample app not found under {sys.prefix}/monailabel/sample-apps")
 
 
 def make_app(
@@ -42,6 +35,7 @@ def make_app(
     weights: str | None = None,
     overrides: str | dict | None = None,
     bundle_dir: str = str(BUNDLE_DIR),
+    studies: str | None = None,
 ) -> str:
     """Create or refresh the app and the bundle view; returns the bundle view's path."""
     from monai.bundle import ConfigParser
@@ -51,8 +45,10 @@ def make_app(
     weights_file = Path(weights).resolve() if weights else bundle / "models" / "model.pt"
     if not weights_file.is_file():
         raise FileNotFoundError(f"{weights_file}: no weights (train the bundle first, or pass --weights PATH)")
-    if not (app / "main.py").is_file():
-        shutil.copytree(sample_app_dir(), app, dirs_exist_ok=True)
+    if studies is not None:
+        refuse_unservable_studies(studies, bundle)
+    app.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(APP_MAIN, app / "main.py")
     view = app / "model" / name
     if view.exists() or view.is_symlink():
         shutil.rmtree(view) if view.is_dir() and not view.is_symlink() else view.unlink()
@@ -73,6 +69,19 @@ def make_app(
     shutil.copyfile(weights_file, view / "models" / "model.pt")
     refuse_contradicting_overrides(view)
     return str(view)
+
+
+def refuse_unservable_studies(studies: str, bundle: Path = BUNDLE_DIR) -> None:
+    """Stop (``SystemExit``, one line) when MONAI Label could not serve the cines of the folder ``studies``."""
+    import sys
+
+    if str(bundle) not in sys.path:
+        sys.path.insert(0, str(bundle))
+    from scripts.serving import datastore_layout_problem
+
+    problem = datastore_layout_problem(studies)
+    if problem:
+        raise SystemExit(f"studies folder {studies}: {problem}")
 
 
 def refuse_contradicting_overrides(view: Path) -> None:

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Serve this repository's bundle with MONAI Label (offline), for auto-segmentation of H x W x T NIfTI echo cines.
+# Serve this repository's bundle with MONAI Label (offline), for auto-segmentation of echo cines (DICOM, AVI/MP4,
+# NIfTI, MetaImage/NRRD) in the studies folder or uploaded.
 #
 #   tools/monailabel/start_server.sh STUDIES_DIR [PORT]
+#
+# STUDIES_DIR is a flat folder of cines (labels saved through MONAI Label go to STUDIES_DIR/labels/final); a folder
+# MONAI Label cannot serve (cines only in subfolders, as a CAMUS tree) is refused before the server starts.
 #
 # Environment (all optional):
 #   MONAILABEL_VENV    MONAI Label's venv (default .venv-monailabel; created by setup_env.sh if missing)
@@ -10,6 +14,8 @@
 #   GDKVM_OVERRIDES    JSON merged into the served configs, e.g. '{"batch_size": 2}' for MONAI Label's /train; the
 #                      network and preprocessing come from the weights (an override contradicting them is refused)
 #   MONAILABEL_HOST    bind address (default 127.0.0.1)
+#   MONAI_LABEL_INFER_CONCURRENCY  inferences run at once (default 1; more requests wait their turn)
+#   MONAI_LABEL_INFER_TIMEOUT      seconds a request waits for its inference (MONAI Label's default 600)
 # Extra `--conf k v` pairs can follow in MONAILABEL_EXTRA (e.g. "--conf preload true").
 #
 # The server runs in the foreground (exec); stop it with Ctrl-C or by killing its process.
@@ -18,6 +24,10 @@ set -euo pipefail
 
 if [[ $# -lt 1 ]]; then
     echo "usage: $0 STUDIES_DIR [PORT]" >&2
+    exit 2
+fi
+if [[ ! -d "$1" ]]; then
+    echo "studies folder $1: no such folder (create it for an empty datastore that is filled by uploads)" >&2
     exit 2
 fi
 studies="$(cd "$1" && pwd)"
@@ -30,9 +40,13 @@ name="gdkvm_echo_segmentation"
 
 [[ -x "$venv/bin/monailabel" ]] || "$here/setup_env.sh" "$venv"
 "$venv/bin/python" "$here/make_app.py" "$app" --name "$name" \
-    ${GDKVM_WEIGHTS:+--weights "$GDKVM_WEIGHTS"} --overrides "${GDKVM_OVERRIDES:-{\}}"
+    ${GDKVM_WEIGHTS:+--weights "$GDKVM_WEIGHTS"} --overrides "${GDKVM_OVERRIDES:-{\}}" --studies "$studies"
 
 export PATH="$venv/bin:$PATH"
+# One inference at a time on MONAI Label's own thread pool (the app runs /infer in worker threads, so the server keeps
+# answering meanwhile); the bundle's scripts stay imported between requests (MONAI Label re-imports them by default).
+export MONAI_LABEL_INFER_CONCURRENCY="${MONAI_LABEL_INFER_CONCURRENCY:-1}"
+export MONAI_LABEL_RELOAD_APP_LIB="${MONAI_LABEL_RELOAD_APP_LIB:-false}"
 # shellcheck disable=SC2086
 exec monailabel start_server --app "$app" --studies "$studies" \
     --conf models "$name" --conf zoo_source local --conf sam2 false --conf preload false \

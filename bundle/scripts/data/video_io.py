@@ -95,10 +95,10 @@ def _minmax(image: np.ndarray) -> np.ndarray:
 def _one_line(error: BaseException, path: str | Path | None = None) -> str:
     """``"EOFError: Compressed file ended ..."``: an exception's type and message on one line (for error messages).
 
-    ``path`` (already at the start of an :class:`EchoDataError`'s message) is replaced by "the file".
+    ``path`` (already at the start of an :class:`EchoDataError`'s message) is shortened to its file name.
     """
     text = " ".join(str(error).split())
-    text = text.replace(str(path), "the file") if path is not None else text
+    text = text.replace(str(path), Path(path).name) if path is not None else text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -205,7 +205,10 @@ def _check_dicom_frames(ds: Any, n_frames: int, path: str | Path) -> None:
     Raises:
         EchoDataError: the pixel data holds more or fewer whole frames than ``NumberOfFrames`` says.
     """
-    from pydicom.pixels.utils import get_expected_length
+    try:  # pydicom >= 3
+        from pydicom.pixels.utils import get_expected_length
+    except ImportError:  # pydicom 2.x (MONAI Label's environment pins pydicom < 3)
+        from pydicom.pixel_data_handlers.util import get_expected_length
 
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if "PixelData" not in ds or syntax is None or syntax.is_compressed:
@@ -223,9 +226,37 @@ def _check_dicom_frames(ds: Any, n_frames: int, path: str | Path) -> None:
         )
 
 
+def _decode_dicom(ds: Any) -> np.ndarray:
+    """The pixel data of ``ds`` as numpy (``[T, H, W(, 3)]``), YBR_FULL(_422) converted to RGB, with pydicom 2 or 3.
+
+    pydicom 3 (``pydicom.pixels.pixel_array``) converts YBR to RGB itself; pydicom 2.x (``ds.pixel_array``) returns
+    YBR as stored (its Pillow JPEG decoder keeps YCbCr), converted here with the same ITU-R BT.601 formula
+    (``convert_color_space``), so both give the same array.
+    """
+    try:
+        from pydicom import pixels
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import convert_color_space
+
+        arr = ds.pixel_array
+        pi = str(ds.get("PhotometricInterpretation", "")).upper()
+        if pi in ("YBR_FULL", "YBR_FULL_422") and int(ds.get("SamplesPerPixel", 1)) == 3:
+            arr = convert_color_space(arr, "YBR_FULL", "RGB")
+        return arr
+    return pixels.pixel_array(ds)
+
+
+def _apply_color_lut(arr: np.ndarray, ds: Any) -> np.ndarray:
+    """PALETTE COLOR indices -> RGB through the dataset's lookup tables (pydicom 2 or 3)."""
+    try:
+        from pydicom.pixels import apply_color_lut
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_color_lut
+    return apply_color_lut(arr, ds)
+
+
 def _load_dicom(path: str | Path, crop_to_region: bool) -> tuple[np.ndarray, dict]:
     import pydicom
-    from pydicom import pixels
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -243,7 +274,7 @@ def _load_dicom(path: str | Path, crop_to_region: bool) -> tuple[np.ndarray, dic
     try:
         with warnings.catch_warnings():  # pydicom warns (without the file name) where the checks below raise
             warnings.simplefilter("ignore", UserWarning)
-            arr = pixels.pixel_array(ds)  # YBR_* is converted to RGB here
+            arr = _decode_dicom(ds)  # YBR_* is converted to RGB here
     except Exception as e:
         raise EchoDataError(path, f"cannot decode pixel data ({_one_line(e, path)})") from e
     if n_frames > 1 and arr.shape[0] != n_frames:
@@ -251,7 +282,7 @@ def _load_dicom(path: str | Path, crop_to_region: bool) -> tuple[np.ndarray, dic
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     spp = int(ds.get("SamplesPerPixel", 1))
     if pi == "PALETTE COLOR":
-        arr = pixels.apply_color_lut(arr, ds)
+        arr = _apply_color_lut(arr, ds)
         spp = 3
     if n_frames == 1 or arr.ndim == (3 if spp > 1 else 2):
         raise EchoDataError(path, "a single 2D image, expected a multi-frame cine")

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 13's GPU figures in one run (about 5 minutes on one H100/H200; writes results/gpu_streaming*.json and a log):
+#   1. agreement: Dice between the streaming engine's masks (CUDA graph) and eager masks, per precision, on 8
+#      synthetic 128 x 128 cines of 20 frames: the trained small model if bundle/models/model.pt is there (also Dice
+#      against the synthetic ground truth), the base model with random weights;
+#   2. speed: base and small at 256 x 256, float32/bfloat16/float16, 1/8/32/64 streams, eager GDKVM.step against
+#      the engine, taking turns frame by frame in the same process (ms/step p50/p99, frames/s, engine/eager).
+# The device machine has PyTorch but not MONAI: carry its wheel (pure Python) in .whl/, ignored by git:
+#   echo /.whl/ >> .git/info/exclude; pip download --no-deps --only-binary=:all: -d .whl monai==1.6.1
+# and run (device tool): command "bash bench/gpu_streaming.sh", carry [".whl", "bundle/models/model.pt"],
+# timeout_s 540. Results are copied to $OUT when it is set (the device tool brings them back).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+if ! "$PY" -c "import monai" 2>/dev/null; then
+    if compgen -G ".whl/monai-*.whl" >/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+        export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    else
+        echo "gpu_streaming.sh: MONAI is not importable and .whl/monai-*.whl is missing (see the header)" >&2
+        exit 1
+    fi
+fi
+RESULTS="${RESULTS_DIR:-results}"
+mkdir -p "$RESULTS"
+LOG="$RESULTS/gpu_streaming.log"
+CKPT=()
+[ -f bundle/models/model.pt ] && CKPT=(--ckpt bundle/models/model.pt)
+start=$(date +%s)
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$LOG"
+
+"$PY" bench/streaming.py --device cuda --skip_bench --agreement "${CKPT[@]}" --sizes small base \
+    --precisions float32 bfloat16 float16 --cines 8 --agreement_frames 20 --agreement_resolution 128 \
+    --out "$RESULTS/gpu_streaming_agreement.json" 2>&1 | tee -a "$LOG"
+echo "agreement done after $(( $(date +%s) - start )) s" | tee -a "$LOG"
+
+"$PY" bench/streaming.py --device cuda --resolution 256 --sizes base small --precisions float32 bfloat16 float16 \
+    --streams 1 8 32 64 --frames 200 --warmup 20 --max_seconds 2.5 \
+    --out "$RESULTS/gpu_streaming.json" 2>&1 | tee -a "$LOG"
+echo "gpu_streaming.sh done after $(( $(date +%s) - start )) s" | tee -a "$LOG"
+
+if [ -n "${OUT:-}" ]; then
+    cp "$RESULTS"/gpu_streaming*.json "$LOG" "$OUT"/ 2>/dev/null || true
+fi
