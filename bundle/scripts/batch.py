@@ -31,6 +31,7 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import engine_apply_transform
 
 from scripts.clinical._io import atomic_paths
+from scripts.console import echo_data_error_in, exception_chain
 from scripts.data.errors import EchoDataError
 from scripts.inference import find_cines, is_complete, output_stem
 
@@ -71,17 +72,11 @@ def failure_reason(error: BaseException, source: str | Path) -> str:
     problem (with its file if that is not ``source``); any other error gives ``"<Type>: <message>"`` of the innermost
     exception.
     """
-    chain, seen = [], set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        chain.append(e)
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    echo = next((x for x in chain if isinstance(x, EchoDataError)), None)
+    echo = echo_data_error_in(error)
     if echo is not None:
         text = echo.problem if Path(echo.path) == Path(source) else str(echo)
     else:
-        root = chain[-1]
+        root = exception_chain(error)[-1]
         message = str(root).replace(str(source), Path(source).name)
         text = f"{type(root).__name__}: {message}" if message.strip() else type(root).__name__
     return " ".join(text.split())[:1000]

@@ -75,7 +75,11 @@ def read_description(checkpoint: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained model (train the bundle first, or pass --ckpt_dir)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: only the small description tensor is read, not every weight (configs call this twice per command)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a file in the legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {e})") from e
     if not isinstance(state, Mapping):

@@ -15,19 +15,22 @@ from types import TracebackType
 
 from scripts.data.errors import EchoDataError
 
-__all__ = ["echo_data_error_in", "install_excepthook"]
+__all__ = ["echo_data_error_in", "exception_chain", "install_excepthook"]
+
+
+def exception_chain(error: BaseException) -> list[BaseException]:
+    """``error`` and its causes (or contexts), outermost first, each once."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 def echo_data_error_in(error: BaseException) -> EchoDataError | None:
     """The first :class:`EchoDataError` in ``error``'s chain of causes and contexts, or None."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, EchoDataError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    return next((e for e in exception_chain(error) if isinstance(e, EchoDataError)), None)
 
 
 def _excepthook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
