@@ -19,6 +19,8 @@ def main(
     max_frames: int = 22,
     videos: int | None = None,
     reverse_fraction: float = 0.2,
+    failures: str | tuple | None = None,
+    hard: bool = False,
 ) -> str:
     """Write a synthetic data set.
 
@@ -31,7 +33,13 @@ def main(
         min_frames, max_frames: range of the CAMUS half-sequence length.
         videos: number of EchoNet videos (default: ``patients``).
         reverse_fraction: fraction of CAMUS half sequences stored ES..ED.
+        failures: failure modes: comma-separated names of ``scripts.synthetic.FAILURE_MODES``, ``none`` (the
+            baseline look) or ``all``; default: the realistic mix (each mode drawn per patient).
+        hard: the hard split: every CAMUS half sequence has >= 3 consecutive frames with part of the LV border hidden.
     """
+    from .failures import resolve_failures
+
+    resolve_failures(failures)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     if not isinstance(patients, int) or patients <= 0:
@@ -39,10 +47,14 @@ def main(
     root = Path(out)
     if layout in ("camus", "both"):
         dest = root / "camus" if layout == "both" else root
-        write_camus_dataset(dest, patients, seed, size, (min_frames, max_frames), reverse_fraction, progress=True)
+        write_camus_dataset(
+            dest, patients, seed, size, (min_frames, max_frames), reverse_fraction, True, failures, bool(hard)
+        )
     if layout in ("echonet", "both"):
         dest = root / "echonet" if layout == "both" else root
-        write_echonet_dataset(dest, patients if videos is None else videos, seed, progress=True)
+        write_echonet_dataset(
+            dest, patients if videos is None else videos, seed, progress=True, failures=failures, hard=bool(hard)
+        )
     return str(root)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .anatomy import annulus_spots, regions, valve_lines, wall_normals
+from .failures import FailureSchedule
 from .phantom import FrameGeometry, Phantom, frame_geometry, reference_coords, to_lv_frame
 
 
@@ -103,10 +104,22 @@ class Renderer:
     """Renders frames of one phantom at ``size x size`` pixels; all per-sequence set-up is done once here.
 
     Call :meth:`frame` with a contraction state to get ``(image [H, W] float32 in [0, 1], label [H, W] uint8)``.
+    ``failures`` (a :class:`FailureSchedule`, with its random stream ``failure_rng``) adds the failure modes; then
+    pass the frame index to :meth:`frame`. Without it the rendering is the baseline, unchanged.
     """
 
-    def __init__(self, ph: Phantom, app: Appearance, size: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        ph: Phantom,
+        app: Appearance,
+        size: int,
+        rng: np.random.Generator,
+        failures: FailureSchedule | None = None,
+        failure_rng: np.random.Generator | None = None,
+    ) -> None:
         self.ph, self.app, self.size, self.rng = ph, app, size, rng
+        self.fs, self.frng = failures, failure_rng
+        self._decor: np.ndarray | None = None
         self.four = ph.view == "4CH"
         self.spacing = ph.fov / size
         self.g_ref = frame_geometry(ph, 0.0)
@@ -118,6 +131,7 @@ class Renderer:
         th = -ph.half_angle + (np.arange(n_t) + 0.5) * self.dt
         R, TH = np.meshgrid(r, th, indexing="ij")
         px, pz = R * np.sin(TH), R * np.cos(TH)
+        self.px, self.pz = px, pz
         self.pu, self.pv = to_lv_frame(ph, px, pz)
         # beam direction in the LV frame (unit, pointing away from the probe)
         bu, bv = to_lv_frame(ph, ph.apex_x + np.sin(TH), ph.apex_z + np.cos(TH))
@@ -133,6 +147,7 @@ class Renderer:
         gain -= app.dropout_db * np.exp(-(((ang - app.dropout_angle) / 0.15) ** 2) - ((rel - 0.45) / 0.2) ** 2)
         gain -= app.shadow_db * np.exp(-(((ang - app.shadow_angle) / 0.08) ** 2)) * (rel > 0.12)
         self.gain = (10.0 ** (gain / 20.0)).astype(np.float32)
+        self.rel_col, self.ang_row = rel[:, :1], ang[:1, :]
         # Speckle: complex scatterer field fixed to the tissue (material coordinates of the ED frame, LV frame).
         self.grid = 0.5 * min(self.dr, ph.depth * self.dt)
         self.grid = max(self.grid, 0.2)
@@ -170,54 +185,85 @@ class Renderer:
             np.clip((ph.half_angle - np.abs(ct)) / (1.5 * self.dt), 0, 1) * np.clip((ph.depth - cr) / self.dr, 0, 1)
         ).astype(np.float32)
         self.scan = np.stack([cr / self.dr - 0.5, (ct + ph.half_angle) / self.dt - 0.5])
+        self.X, self.Z = X, Z
         self.cu, self.cv = to_lv_frame(ph, X, Z)
         self.ref_level: float | None = None
         self.blur = app.display_blur * size / 256.0
 
-    def _echogenicity(self, g: FrameGeometry, opening: float) -> tuple[np.ndarray, np.ndarray]:
-        """Tissue amplitude and blood amplitude on the polar grid, both [n_r, n_t] float32."""
+    def _echogenicity(
+        self, g: FrameGeometry, opening: float, pu: np.ndarray, pv: np.ndarray, t: int, s: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Tissue amplitude and blood amplitude on the polar grid (anatomy coordinates ``pu, pv``), [n_r, n_t]."""
         app = self.app
-        reg = regions(self.pu, self.pv, g, self.four)
-        nu, nv = wall_normals(self.pu, self.pv, g)
+        reg = regions(pu, pv, g, self.four)
+        nu, nv = wall_normals(pu, pv, g)
         cos = np.abs(nu * self.bu + nv * self.bv)
         spec = app.specular_floor + (1.0 - app.specular_floor) * cos**app.specular_power
         tissue = np.full(self.pu.shape, app.background, np.float32)
         tissue[reg.myo] = app.myocardium
         tissue *= np.where(reg.myo, spec, 1.0).astype(np.float32)
         if self.four:  # the septum stays bright although parallel to the beams (two blood interfaces, thick)
-            sept = reg.myo & (self.pv < 0.0)
+            sept = reg.myo & (pv < 0.0)
             tissue[sept] = app.myocardium * app.septum * np.maximum(spec[sept], 0.75)
         tissue = np.where(reg.pericardium, app.pericardium * spec, tissue)
         tissue = np.where(reg.rv_wall, 0.8 * app.myocardium, tissue)
-        au, av = (self.pu - g.la_center) / g.la_a**2, self.pv / g.la_b**2
+        fs = self.fs
+        if fs is not None and fs.on("background"):  # the bright band behind the atria (background tissue only)
+            plain = ~(reg.myo | reg.pericardium | reg.rv_wall | reg.atrial_wall)
+            tissue[plain] *= fs.band_factor(pu[plain])
+        if fs is not None and fs.on("dropout"):  # angle-dependent dropout of the (lateral) wall
+            wall = reg.myo | reg.pericardium
+            tissue[wall] *= 10.0 ** (-fs.dropout_db(t, pu[wall], pv[wall], cos[wall], s) / 20.0)
+        au, av = (pu - g.la_center) / g.la_a**2, pv / g.la_b**2
         a_cos = np.abs(au * self.bu + av * self.bv) / (np.hypot(au, av) + 1e-12)
         tissue = np.where(reg.atrial_wall, app.myocardium * (0.3 + 1.2 * a_cos**2), tissue)
         blood = reg.blood
         tissue[blood] = 0.0
-        tissue = np.maximum(tissue, 1.3 * valve_lines(self.pu, self.pv, g, opening, self.four))
-        tissue = np.maximum(tissue, app.annulus * app.myocardium * annulus_spots(self.pu, self.pv, g, self.four))
+        tissue = np.maximum(tissue, 1.3 * valve_lines(pu, pv, g, opening, self.four))
+        tissue = np.maximum(tissue, app.annulus * app.myocardium * annulus_spots(pu, pv, g, self.four))
         return tissue.astype(np.float32), np.where(blood, app.blood, 0.0).astype(np.float32)
 
-    def frame(self, s: float, opening: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-        """Render contraction state ``s`` (0 ED .. 1 ES) with valve ``opening`` (0..1).
+    def frame(self, s: float, opening: float = 0.0, t: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Render contraction state ``s`` (0 ED .. 1 ES) with valve ``opening`` (0..1) as frame ``t`` of the cine.
 
         Returns ``image [size, size]`` float32 in [0, 1] and ``label [size, size]`` uint8 (CAMUS numbering).
         """
+        fs = self.fs
         g = frame_geometry(self.ph, s)
-        tissue, blood = self._echogenicity(g, opening)
-        u0, v0 = reference_coords(self.g_ref, g, self.pu, self.pv)
+        pu, pv, cu, cv = self.pu, self.pv, self.cu, self.cv
+        if fs is not None and fs.moves_anatomy:  # probe translation and foreshortening move the imaged anatomy
+            pu, pv = fs.anatomy_coords(self.px, self.pz, t)
+            cu, cv = fs.anatomy_coords(self.X, self.Z, t)
+        tissue, blood = self._echogenicity(g, opening, pu, pv, t, s)
+        u0, v0 = reference_coords(self.g_ref, g, pu, pv)
         iu, iv = (u0 - self.u_min) / self.grid, (v0 - self.v_min) / self.grid
         speck = ndi.map_coordinates(self.scatter, [iu, iv], order=1, mode="nearest")
+        if fs is not None and fs.on("decorrelation"):  # part of the speckle is fresh (AR(1) in time) each frame
+            p = fs.params["decorrelation"]
+            scale = np.float32(np.sqrt(np.mean(np.abs(speck) ** 2) / 2.0))
+            w = self.frng.standard_normal(speck.shape, np.float32) + 1j * self.frng.standard_normal(
+                speck.shape, np.float32
+            )
+            w *= scale
+            rho = p["rho"]
+            self._decor = w if self._decor is None else rho * self._decor + np.sqrt(1.0 - rho**2) * w
+            speck = np.sqrt(p["static"]) * speck + np.sqrt(1.0 - p["static"]) * self._decor
         tex = ndi.map_coordinates(self.texture, [iu / 16.0, iv / 16.0], order=1, mode="nearest")
         tex *= ndi.map_coordinates(self.fine_texture, [iu / 5.0, iv / 5.0], order=1, mode="nearest")
         shape = tissue.shape
         fresh = self.rng.standard_normal(shape, np.float32) + 1j * self.rng.standard_normal(shape, np.float32)
         amp = tissue * tex
         sidelobe = ndi.gaussian_filter1d(amp, min(5.0 * self.sig_lateral, 20.0), axis=1, truncate=2.0)
-        field = amp * speck + blood * fresh + self.clutter + (0.06 * sidelobe) * self.clutter_unit
+        clutter = self.clutter
+        if fs is not None and fs.on("clutter"):
+            clutter = clutter + fs.clutter_amp(t, self.pu, self.pv).astype(np.float32) * self.clutter_unit
+        field = amp * speck + blood * fresh + clutter + (0.06 * sidelobe) * self.clutter_unit
         field = ndi.gaussian_filter1d(field, self.sig_axial, axis=0, truncate=3.0)
         field = ndi.gaussian_filter1d(field, self.sig_lateral, axis=1, truncate=3.0)
-        env = np.abs(field) * (self.gain * self.psf_norm)
+        gain = self.gain
+        if fs is not None and (fs.on("gain_drift") or fs.on("background") or fs.on("shadow")):
+            gain = gain * (10.0 ** (fs.gain_db(t, self.rel_col, self.ang_row) / 20.0)).astype(np.float32)
+        env = np.abs(field) * (gain * self.psf_norm)
         noise = self.rng.standard_normal(shape, np.float32) + 1j * self.rng.standard_normal(shape, np.float32)
         env = np.abs(env + self.app.noise * noise)
         if self.ref_level is None:
@@ -228,6 +274,6 @@ class Renderer:
         if self.blur > 0.3:
             img = ndi.gaussian_filter(img, self.blur, truncate=2.5)
         img *= self.app.brightness
-        label = regions(self.cu, self.cv, g, self.four).labels()
+        label = regions(cu, cv, g, self.four).labels()
         label[~self.sector] = 0
         return np.clip(img, 0.0, 1.0).astype(np.float32), label

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from .failures import OCCLUDED_FRACTION, draw_frame_rate, resolve_failures, sample_failures, to_json
 from .phantom import VIEWS, contraction, frame_geometry, lv_volume_ml, sample_phantom
 from .render import Renderer, sample_appearance
 
 MODES = ("systole", "diastole", "cine")
 
 
+def _entropy(seed: int | Sequence[int]) -> list[int] | int:
+    """Seed entropy from an int or a sequence of ints (e.g. ``[seed, patient, view]``)."""
+    return [int(x) for x in seed] if isinstance(seed, Sequence) else int(seed)
+
+
 def _rng(seed: int | Sequence[int]) -> np.random.Generator:
     """Generator from an int or a sequence of ints (e.g. ``[seed, patient, view]``)."""
-    return np.random.default_rng(list(seed) if isinstance(seed, Sequence) else int(seed))
+    return np.random.default_rng(_entropy(seed))
 
 
 def _valve_opening(phase: np.ndarray, systole_fraction: float) -> np.ndarray:
@@ -67,8 +73,17 @@ def generate_sequence(
     mode: str = "systole",
     frame_rate: float | None = None,
     render: bool = True,
+    failures: Iterable[str] | str | None = None,
+    hard: bool = False,
 ) -> dict[str, Any]:
-    """Simulate one apical cine of a random phantom; see the package docstring for the returned keys."""
+    """Simulate one apical cine of a random phantom; see the package docstring for the returned keys.
+
+    ``failures``: None for the realistic default (each mode of :data:`FAILURE_MODES` on with its own probability
+    and strength, per patient), or the names of the modes to switch on (``()``: the baseline look). ``hard``: one
+    occluder (dropout, shadow or apex clutter) hides part of the LV border on at least ``min(3, n_frames)``
+    consecutive frames. ``occluded`` [T] bool and ``failures`` (JSON-serialisable parameters) are in the result.
+    """
+    modes, realistic = resolve_failures(failures)
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
     if mode not in MODES:
@@ -82,18 +97,28 @@ def generate_sequence(
     if frame_rate is not None and frame_rate <= 0:
         raise ValueError(f"frame_rate must be positive, got {frame_rate!r}")
     rng = _rng(seed)
+    entropy = _entropy(seed)
+    entropy = entropy if isinstance(entropy, list) else [entropy]
     ph = sample_phantom(rng, view, ef)
     app = sample_appearance(rng)
+    draw_fr = mode == "cine" and frame_rate is None and (realistic or "frame_rate" in modes)
+    if draw_fr:  # at most what still fits a systole into the clip
+        frame_rate = min(draw_frame_rate(entropy), 0.999 * (n_frames - 1) / (ph.systole_fraction * 60 / ph.heart_rate))
+        frame_rate = max(frame_rate, 1.0)
     phase, ed, es, fr, hr = timing(ph.heart_rate, ph.systole_fraction, mode, n_frames, frame_rate, rng)
     s = contraction(phase, ph.systole_fraction)
     opening = _valve_opening(phase, ph.systole_fraction)
+    schedule, frng = sample_failures(entropy, ph, app, s, modes, realistic, hard)
+    if schedule.on("frame_rate") or draw_fr:
+        schedule.params["frame_rate"] = {"frame_rate": float(fr), "drawn": bool(draw_fr)}
+    hidden = schedule.border_hidden(app, s)
     image = label = None
     if render:
-        renderer = Renderer(ph, app, size, rng)
+        renderer = Renderer(ph, app, size, rng, schedule, frng)
         image = np.empty((size, size, n_frames), np.float32)
         label = np.empty((size, size, n_frames), np.uint8)
         for t in range(n_frames):
-            image[..., t], label[..., t] = renderer.frame(float(s[t]), float(opening[t]))
+            image[..., t], label[..., t] = renderer.frame(float(s[t]), float(opening[t]), t)
     volumes = np.array([lv_volume_ml(frame_geometry(ph, float(x))) for x in s])
     edv, esv = float(volumes[ed]), float(volumes[es])
     return {
@@ -119,4 +144,8 @@ def generate_sequence(
             "probe_xz_mm": (ph.probe_x, ph.probe_z),
         },
         "phantom": ph,
+        "occluded": hidden >= OCCLUDED_FRACTION,
+        "border_hidden": hidden.astype(np.float32),
+        "failures": to_json(schedule.params),
+        "schedule": schedule,
     }

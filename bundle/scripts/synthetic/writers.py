@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .failures import resolve_failures
 from .sequence import generate_sequence
 
 CAMUS_VIEWS = ("2CH", "4CH")
@@ -57,15 +58,25 @@ DEFAULT_FRAMES = (10, 22)
 DEFAULT_REVERSE_FRACTION = 0.2
 
 
+def failures_key(failures: Any = None) -> str | list[str]:
+    """Canonical form of a ``failures`` option for the stamp: ``"default"`` or the sorted names switched on."""
+    modes, realistic = resolve_failures(failures)
+    return "default" if realistic else sorted(modes)
+
+
 def dataset_stamp(
     n_patients: int,
     seed: int = 0,
     size: int = 256,
     frames: tuple[int, int] = DEFAULT_FRAMES,
     reverse_fraction: float = DEFAULT_REVERSE_FRACTION,
+    failures: Any = None,
+    hard: bool = False,
 ) -> dict:
     """What ``out/synthetic_generator.json`` records about a CAMUS-layout data set written by this generator."""
     return {
+        "failures": failures_key(failures),
+        "hard": bool(hard),
         "generator_version": generator_version(),
         "n_patients": int(n_patients),
         "seed": int(seed),
@@ -133,7 +144,14 @@ def _camus_files(folder: Path, pid: str) -> list[Path]:
 
 
 def write_camus_patient(
-    out: Path, index: int, seed: int, size: int = 256, frames: tuple[int, int] = (10, 22), reverse_fraction: float = 0.2
+    out: Path,
+    index: int,
+    seed: int,
+    size: int = 256,
+    frames: tuple[int, int] = (10, 22),
+    reverse_fraction: float = 0.2,
+    failures: Any = None,
+    hard: bool = False,
 ) -> Path:
     """Write patient ``index`` (1-based) into ``out/database_nifti/patientNNNN/``; returns the folder."""
     pid = f"patient{index:04d}"
@@ -147,7 +165,9 @@ def write_camus_patient(
         n = int(rng.integers(frames[0], frames[1] + 1))
         reverse = bool(rng.random() < reverse_fraction)
         mode = "diastole" if reverse else "systole"
-        seq = generate_sequence([seed, index, k], view=view, ef=ef, size=size, n_frames=n, mode=mode)
+        seq = generate_sequence(
+            [seed, index, k], view=view, ef=ef, size=size, n_frames=n, mode=mode, failures=failures, hard=hard
+        )
         img = np.round(seq["image"] * 255.0).astype(np.uint8)
         lab = seq["label"]
         ed, es, sp = seq["ed"], seq["es"], seq["spacing_mm"]
@@ -184,6 +204,9 @@ def truth_record(seq: dict[str, Any]) -> dict[str, Any]:
         "spacing_mm": [float(x) for x in seq["spacing_mm"]],
         "geometry": {k: (list(v) if isinstance(v, tuple) else v) for k, v in seq["geometry"].items()},
         "ef_definition": "100 (EDV - ESV) / EDV of the phantom's truncated prolate ellipsoid cavity at frames ed, es",
+        "occluded": [int(x) for x in seq["occluded"]],
+        "border_hidden": [round(float(x), 4) for x in seq["border_hidden"]],
+        "failures": seq["failures"],
     }
 
 
@@ -195,8 +218,14 @@ def write_camus_dataset(
     frames: tuple[int, int] = DEFAULT_FRAMES,
     reverse_fraction: float = DEFAULT_REVERSE_FRACTION,
     progress: bool = False,
+    failures: Any = None,
+    hard: bool = False,
 ) -> Path:
     """Write ``n_patients`` synthetic patients in the CAMUS NIfTI layout under ``out``; returns ``out``.
+
+    ``failures``/``hard`` as in :func:`generate_sequence` (None: the realistic default; ``hard=True``: the hard
+    split, every half sequence with an occluded stretch). The truth JSON gets ``occluded`` (0/1 per stored frame),
+    ``border_hidden`` and ``failures``.
 
     ``out/database_nifti/patientNNNN/...`` (see the package docstring) and
     ``out/database_split/subgroup_{training,validation,testing}.txt`` (80/10/10 %), and ``out/synthetic_generator.json``
@@ -211,14 +240,15 @@ def write_camus_dataset(
     if not 0.0 <= reverse_fraction <= 1.0:
         raise ValueError(f"reverse_fraction must be in [0, 1], got {reverse_fraction!r}")
     out = Path(out)
-    stamp = dataset_stamp(n_patients, seed, size, frames, reverse_fraction)
+    resolve_failures(failures)  # unknown names fail before anything is written
+    stamp = dataset_stamp(n_patients, seed, size, frames, reverse_fraction, failures, hard)
     reuse = same_patients(read_stamp(out), stamp)
     _write_text(out / STAMP_FILE, json.dumps(stamp, indent=2))
     for index in _progress(range(1, n_patients + 1), n_patients, "CAMUS patients", progress):
         folder = out / "database_nifti" / f"patient{index:04d}"
         if reuse and all(p.exists() for p in _camus_files(folder, folder.name)):
             continue
-        write_camus_patient(out, index, seed, size, frames, reverse_fraction)
+        write_camus_patient(out, index, seed, size, frames, reverse_fraction, failures, hard)
     split = _split_of(n_patients, np.random.default_rng([seed, 11]))
     for k, name in enumerate(SPLITS):
         ids = [f"patient{i + 1:04d}" for i in range(n_patients) if split[i] == k]
@@ -248,9 +278,13 @@ def tracings(seq: dict[str, Any], frame: int, n_chords: int = 20) -> list[tuple[
     ph = seq["phantom"]
     g = frame_geometry(ph, float(seq["contraction"][frame]))
     sp = seq["spacing_mm"][0]
+    schedule = seq.get("schedule")
 
     def px(u: float, v: float) -> tuple[float, float]:
-        x, z = from_lv_frame(ph, np.float64(u), np.float64(v))
+        if schedule is not None:  # the imaged anatomy (probe translation, foreshortening)
+            x, z = schedule.image_coords(np.float64(u), np.float64(v), frame)
+        else:
+            x, z = from_lv_frame(ph, np.float64(u), np.float64(v))
         return float((x + ph.probe_x + 0.5 * ph.fov) / sp - 0.5), float((z + ph.probe_z) / sp - 0.5)
 
     rows = [px(0.0, 0.0) + px(g.mitral_u, 0.0)]
@@ -277,9 +311,17 @@ def _write_avi(path: Path, video_hwt: np.ndarray, fps: float) -> None:
 
 
 def write_echonet_dataset(
-    out: str | Path, n_videos: int, seed: int = 0, beats: float = 2.5, progress: bool = False
+    out: str | Path,
+    n_videos: int,
+    seed: int = 0,
+    beats: float = 2.5,
+    progress: bool = False,
+    failures: Any = None,
+    hard: bool = False,
 ) -> Path:
     """Write ``n_videos`` synthetic 112x112 cines in the EchoNet-Dynamic layout under ``out``; returns ``out``.
+
+    ``failures``/``hard`` as in :func:`generate_sequence` (the frame rate is the EchoNet one, 30 or 50 /s).
 
     ``out/Videos/<FileName>.avi``, ``out/FileList.csv`` and ``out/VolumeTracings.csv`` (ED and ES frames traced).
     Existing videos are not re-rendered; the CSVs are always rewritten (atomically) from the phantom truth.
@@ -300,7 +342,7 @@ def write_echonet_dataset(
         avi = out / "Videos" / f"{name}.avi"
         seq = generate_sequence(
             [seed, index, 1], view="4CH", size=ECHONET_SIZE, n_frames=n_frames, mode="cine", frame_rate=fps,
-            render=not avi.exists(),
+            render=not avi.exists(), failures=failures, hard=hard,
         )  # fmt: skip
         if not avi.exists():
             _write_avi(avi, np.round(seq["image"] * 255.0).astype(np.uint8), fps)
