@@ -55,8 +55,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_STRUCTURES: dict[int, str] = {1: "lv", 2: "myo", 3: "la"}
 METRIC_NAMES = ("dice", "iou", "hd", "hd95", "asd")
-CSV_COLUMNS = ("case_id", "structure", "frame", "phase", "dice", "iou", "hd", "hd95", "asd", "unit")
-PHASES = ("all", "ED", "ES")
+CSV_COLUMNS = ("case_id", "structure", "frame", "phase", "occluded", "dice", "iou", "hd", "hd95", "asd", "unit")
+PHASES = ("all", "ED", "ES")  # summary blocks; "occluded"/"visible" are added when the rows carry occlusion flags
 PER_CASE_CSV = "metrics_per_case.csv"
 SUMMARY_JSON = "metrics_summary.json"
 PROTOCOL = (
@@ -217,6 +217,7 @@ def case_metrics(
     ed_index: int | None,
     es_index: int | None,
     structures: StructureMap | None = None,
+    occluded_T: Any = None,
 ) -> list[dict[str, Any]]:
     """Metrics of one cine on its annotated frames: one row per (structure, annotated frame).
 
@@ -227,10 +228,13 @@ def case_metrics(
         spacing: ``(row_mm, col_mm)``; None or NaN -> pixels.
         ed_index, es_index: ED and ES frame indices in the clip (None or negative when unknown).
         structures: ``{label: name}``, default ``{1: "lv", 2: "myo", 3: "la"}``.
+        occluded_T: ``[T]`` flags, 1 where part of the LV border is not visible in the image (the synthetic hard
+            split), 0 where it is, -1 (or None for the whole cine) unknown.
 
     Returns:
-        Rows ``{"structure", "frame", "phase" ("ED" | "ES" | "other"), "dice", "iou", "hd", "hd95", "asd", "unit",
-        "status", "n_pred", "n_ref", "n_inter"}``, frames in time order, structures in ``structures`` order.
+        Rows ``{"structure", "frame", "phase" ("ED" | "ES" | "other"), "occluded" (True | False | None), "dice",
+        "iou", "hd", "hd95", "asd", "unit", "status", "n_pred", "n_ref", "n_inter"}``, frames in time order,
+        structures in ``structures`` order.
     """
     pred, ref = _squeeze_channel(_numpy(pred_HWT), "pred"), _squeeze_channel(_numpy(label_HWT), "label")
     if pred.shape != ref.shape:
@@ -241,6 +245,9 @@ def case_metrics(
     annotated = np.flatnonzero(frames)
     if annotated.size == 0:
         return []
+    occluded = np.full(frames.size, -1) if occluded_T is None else _numpy(occluded_T).astype(np.int64).ravel()
+    if occluded.size != frames.size:
+        raise ValueError(f"occluded has {occluded.size} entries for {frames.size} frames")
     ed, es = _optional_index(ed_index), _optional_index(es_index)
     per_frame = _batch_metrics(
         np.moveaxis(pred[..., annotated], -1, 0),
@@ -251,7 +258,8 @@ def case_metrics(
     rows = []
     for name in _structures(structures).values():
         for t, metrics in zip(annotated.tolist(), per_frame):
-            rows.append({"structure": name, "frame": t, "phase": _phase(t, ed, es), **metrics[name]})
+            flag = None if occluded[t] < 0 else bool(occluded[t])
+            rows.append({"structure": name, "frame": t, "phase": _phase(t, ed, es), "occluded": flag, **metrics[name]})
     return rows
 
 
@@ -306,6 +314,9 @@ def _summary_by_structure(rows: list[dict[str, Any]], with_distances: bool) -> d
         "ED": [r for r in rows if r["phase"] == "ED"],
         "ES": [r for r in rows if r["phase"] == "ES"],
     }
+    if any(r.get("occluded") is not None for r in rows):  # the hard split's flags: read the hidden frames alone
+        subsets["occluded"] = [r for r in rows if r.get("occluded") is True]
+        subsets["visible"] = [r for r in rows if r.get("occluded") is False]
     return {
         "structures": {
             name: {p: _block([r for r in sub if r["structure"] == name], with_distances) for p, sub in subsets.items()}
@@ -321,11 +332,12 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     Returns:
         ``{"protocol": str, "unit": "mm" | "px" | "mixed" | None, "n_cases": int, "n_items": int,
         "structures": {name: {phase: block}}, "overall": {phase: block}}`` with phase in ``"all"`` (every annotated
-        frame), ``"ED"``, ``"ES"`` and ``block = {"n_items", "n_both_empty", "n_one_empty", "dice", "iou", "hd",
-        "hd95", "asd": {"mean", "std", "median", "n"}, "dice_pooled"}``. Means are macro means over atomic items;
-        both-empty items are left out (``n`` counts the items used). ``"overall"`` pools all structures. When rows
-        mix mm and px, the distance stats of the main blocks are empty (``n`` = 0) and ``"by_unit"`` holds one full
-        summary per unit.
+        frame), ``"ED"``, ``"ES"`` (and ``"occluded"``/``"visible"`` when rows carry occlusion flags: the frames
+        where part of the LV border is hidden, and the others) and ``block = {"n_items", "n_both_empty",
+        "n_one_empty", "dice", "iou", "hd", "hd95", "asd": {"mean", "std", "median", "n"}, "dice_pooled"}``.
+        Means are macro means over atomic items; both-empty items are left out (``n`` counts the items used).
+        ``"overall"`` pools all structures. When rows mix mm and px, the distance stats of the main blocks are empty
+        (``n`` = 0) and ``"by_unit"`` holds one full summary per unit.
     """
     rows = [dict(r) for r in rows]
     units = sorted({r["unit"] for r in rows})
@@ -343,6 +355,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _csv_value(x: Any) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return str(int(x))
     if isinstance(x, (float, np.floating)):
         return "nan" if math.isnan(x) else f"{float(x):.6g}"
     return str(x)
@@ -357,10 +373,11 @@ def write_metric_reports(case_rows: Sequence[Mapping[str, Any]], out_dir: str | 
 
     Returns:
         ``{"csv": path, "json": path}``. The CSV has exactly the columns ``CSV_COLUMNS`` (one row per case x
-        structure x annotated frame; NaN written as ``nan``); the JSON is ``summarize(case_rows)`` (NaN -> null).
+        structure x annotated frame; NaN written as ``nan``; ``occluded`` 1, 0 or empty when unknown); the JSON
+        is ``summarize(case_rows)`` (NaN -> null).
     """
     rows = [dict(r) for r in case_rows]
-    missing = [c for c in CSV_COLUMNS if rows and c not in rows[0]]
+    missing = [c for c in CSV_COLUMNS if rows and c not in rows[0] and c != "occluded"]
     if missing:
         raise KeyError(f"metric rows lack the columns {missing}")
     summary = json_safe(summarize(rows))
@@ -371,7 +388,7 @@ def write_metric_reports(case_rows: Sequence[Mapping[str, Any]], out_dir: str | 
             writer = csv.writer(f)
             writer.writerow(CSV_COLUMNS)
             for r in rows:
-                writer.writerow([_csv_value(r[c]) for c in CSV_COLUMNS])
+                writer.writerow([_csv_value(r.get(c)) for c in CSV_COLUMNS])
         with open(json_tmp, "w") as f:
             json.dump(summary, f, indent=2, allow_nan=False)
             f.write("\n")
@@ -411,7 +428,8 @@ class EchoSegmentationMetricSaver:
 
     Reads per sample, from ``engine.state.output`` and then ``engine.state.batch``: ``pred`` (``[1, H, W, T]``
     labels or ``[K, H, W, T]`` one-hot/logits, arg-maxed), ``label`` (same forms), ``label_frames`` ``[T]`` bool,
-    ``spacing`` ``(row_mm, col_mm)`` (NaN -> px), ``ed_index``, ``es_index`` and ``case_id`` (else the label's
+    ``spacing`` ``(row_mm, col_mm)`` (NaN -> px), ``ed_index``, ``es_index``, ``occluded`` ``[T]`` (optional, see
+    ``case_metrics``) and ``case_id`` (else the label's
     ``filename_or_obj``). With several processes the rows are gathered and rank 0 writes. After the run
     ``self.rows``, ``self.summary`` and ``self.paths`` hold the results.
     """
@@ -427,11 +445,13 @@ class EchoSegmentationMetricSaver:
         ed_key: str = "ed_index",
         es_key: str = "es_index",
         case_id_key: str = "case_id",
+        occluded_key: str = "occluded",
     ) -> None:
         self.output_dir = Path(output_dir)
         self.structures = _structures(structures)
         self.pred_key, self.label_key, self.frames_key = pred_key, label_key, frames_key
         self.spacing_key, self.ed_key, self.es_key, self.case_id_key = spacing_key, ed_key, es_key, case_id_key
+        self.occluded_key = occluded_key
         self.rows: list[dict[str, Any]] = []
         self.summary: dict[str, Any] | None = None
         self.paths: dict[str, Path] | None = None
@@ -468,6 +488,7 @@ class EchoSegmentationMetricSaver:
                 sample.get(self.ed_key),
                 sample.get(self.es_key),
                 self.structures,
+                sample.get(self.occluded_key),
             )
             self.rows.extend({"case_id": case_id, **r} for r in rows)
 

@@ -201,9 +201,18 @@ def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> str |
 
 
 def ensure_synthetic_data(
-    dataset_dir: str | Path, patients: int = 50, seed: int = 0, size: int = 256, progress: bool = True
+    dataset_dir: str | Path,
+    patients: int = 50,
+    seed: int = 0,
+    size: int = 256,
+    progress: bool = True,
+    hard: bool = False,
 ) -> str:
     """Generate the embedded synthetic CAMUS-layout data set into ``dataset_dir`` unless it is already there.
+
+    ``hard=True`` writes the hard split instead: only the test patients (the same phantoms as the default data's
+    test split), each cine with a stretch of frames where part of the LV border is not visible (see
+    ``docs/synthetic.md``); the truth files flag those frames, and the evaluation reports them apart.
 
     A complete synthetic data set from the same generator version and arguments (its ``synthetic_generator.json``)
     is kept; an interrupted one resumes. One written by another version of the generator, or before data sets were
@@ -213,14 +222,19 @@ def ensure_synthetic_data(
     Returns:
         ``dataset_dir`` as a string (so configs can use the call as the data root).
     """
+    from scripts.data.camus import read_split
     from scripts.synthetic import dataset_stamp, write_camus_dataset
     from scripts.synthetic.writers import read_stamp, same_patients
 
     root = Path(dataset_dir)
     nifti = root / "database_nifti"
     split_files = [root / "database_split" / f"subgroup_{s}.txt" for s in ("training", "validation", "testing")]
-    complete = all(f.is_file() for f in split_files) and len(list(nifti.glob("patient*"))) >= patients
-    stamp, wanted = read_stamp(root), dataset_stamp(patients, seed, size)
+    subsets = ("testing",) if hard else None
+    needed = len(read_split(root, "testing")) if hard and split_files[2].is_file() else patients
+    complete = all(f.is_file() for f in split_files) and len(list(nifti.glob("patient*"))) >= needed
+    stamp, wanted = read_stamp(root), dataset_stamp(patients, seed, size, hard=hard)
+    if hard:
+        wanted["subsets"] = list(subsets)
     synthetic = stamp is not None or any(nifti.glob("patient*/*_phantom.json"))
     if complete and (not synthetic or same_patients(stamp, wanted)):
         return str(root)
@@ -229,7 +243,7 @@ def ensure_synthetic_data(
             "%s: synthetic data from another generator version or other arguments (%s); regenerating", root, stamp
         )
     logger.info("generating %d synthetic patients into %s", patients, root)
-    write_camus_dataset(root, patients, seed=seed, size=size, progress=progress)
+    write_camus_dataset(root, patients, seed=seed, size=size, progress=progress, hard=hard, subsets=subsets)
     return str(root)
 
 

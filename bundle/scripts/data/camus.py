@@ -16,6 +16,7 @@ Every loaded clip runs ED -> ES: the frames between ED and ES (inclusive) are ta
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -128,7 +129,8 @@ def camus_datalist(
         One dict per patient-view: ``image`` (path), ``label`` (whole-sequence ground truth path or ""),
         ``label_ed``/``label_es`` (single-frame ground truth paths or ""), ``info`` (cfg path), ``patient``,
         ``view``, ``case_id`` (``patientNNNN_2CH``), ``ed``/``es`` (0-based in the file), ``n_frames``, ``ef`` (%),
-        ``frame_rate`` (Hz or NaN), ``image_quality``, ``dataset`` (``"camus"``).
+        ``frame_rate`` (Hz or NaN), ``image_quality``, ``dataset`` (``"camus"``), ``truth`` (the synthetic
+        generator's ``{case_id}_phantom.json`` when there is one, else ""; it holds the per-frame occlusion flags).
     """
     root = Path(root)
     if not root.is_dir():
@@ -185,9 +187,30 @@ def camus_datalist(
                     "frame_rate": _float(info.get("FrameRate")),
                     "image_quality": str(info.get("ImageQuality", "")),
                     "dataset": "camus",
+                    "truth": str(p) if (p := _first(folder, [f"{stem}_phantom.json"])) else "",
                 }
             )
     return items
+
+
+def occlusion_flags(truth_path: str | Path | None, n_frames: int) -> np.ndarray:
+    """``[n_frames]`` int8 occlusion flags of a sequence (1 occluded, 0 visible, -1 unknown) from its truth file.
+
+    The synthetic generator's ``*_phantom.json`` lists ``occluded`` (0/1) per stored frame; data without it (real
+    CAMUS, older synthetic data) give -1 everywhere. A truth file whose list does not match the sequence is an error.
+    """
+    unknown = np.full(n_frames, -1, dtype=np.int8)
+    if not truth_path:
+        return unknown
+    try:
+        flags = json.loads(Path(truth_path).read_text()).get("occluded")
+    except (OSError, ValueError) as err:
+        raise EchoDataError(truth_path, f"unreadable truth file ({err})") from err
+    if flags is None:
+        return unknown
+    if len(flags) != n_frames:
+        raise EchoDataError(truth_path, f"'occluded' lists {len(flags)} frames for a sequence of {n_frames}")
+    return np.asarray(flags, dtype=np.int8)
 
 
 def _label_frame(path: str, shape_HW: tuple[int, int]) -> np.ndarray:
@@ -203,8 +226,9 @@ class LoadCamusd(MapTransform):
     ``label`` MetaTensor ``[1, H, W, T]`` uint8 (0 bg, 1 LV, 2 myocardium, 3 LA, or {0, 1} with ``labels="lv"``);
     ``label_frames`` ``[T]`` bool (all True for a half sequence with ground truth, only ED/ES when just the
     ``_ED_gt``/``_ES_gt`` files exist); ``spacing`` float32 ``[2]`` mm; ``frame_rate``; ``ed_index`` = 0;
-    ``es_index`` = T - 1; ``frame_indices`` ``[T]`` (frame numbers in the file). Other keys pass through.
-    T = |ES - ED| + 1.
+    ``es_index`` = T - 1; ``frame_indices`` ``[T]`` (frame numbers in the file); ``occluded`` ``[T]`` int8: 1 where
+    part of the LV border is not visible, 0 where it is, -1 unknown (from the synthetic generator's truth file,
+    ``truth``; real data have no such flag). Other keys pass through. T = |ES - ED| + 1.
     """
 
     def __init__(self, keys: Sequence[Hashable] = ("image", "label"), labels: str = "all") -> None:
@@ -257,4 +281,5 @@ class LoadCamusd(MapTransform):
         d["frame_rate"] = meta["frame_rate"]
         d["ed_index"], d["es_index"] = 0, len(frames) - 1
         d["frame_indices"] = frames
+        d["occluded"] = occlusion_flags(d.get("truth"), n)[frames]
         return d

@@ -72,9 +72,9 @@ def _plain(value: Any) -> torch.Tensor:
 class SampleClipd(MapTransform):
     """Take ``num_frames`` frames from ``d["ed_index"]`` to ``d["es_index"]`` (see ``clip_frame_indices``).
 
-    Indexes the last axis of each key (``[C, H, W, T]`` -> ``[C, H, W, num_frames]``) and of ``label_frames``
-    (``[T]`` bool; for EchoNet only the first and last sampled frames are annotated), maps ``frame_indices`` to the
-    file's frame numbers, and sets ``ed_index = 0``, ``es_index = num_frames - 1``.
+    Indexes the last axis of each key (``[C, H, W, T]`` -> ``[C, H, W, num_frames]``), of ``label_frames``
+    (``[T]`` bool; for EchoNet only the first and last sampled frames are annotated) and of ``occluded``, maps
+    ``frame_indices`` to the file's frame numbers, and sets ``ed_index = 0``, ``es_index = num_frames - 1``.
     """
 
     def __init__(
@@ -99,6 +99,8 @@ class SampleClipd(MapTransform):
             d[key] = _rewrap(d[key], _plain(d[key])[..., t_idx])
         if "label_frames" in d:
             d["label_frames"] = np.asarray(d["label_frames"], dtype=bool)[idx]
+        if "occluded" in d:
+            d["occluded"] = np.asarray(d["occluded"], dtype=np.int8)[idx]
         d["frame_indices"] = np.asarray(d.get("frame_indices", np.arange(n_total)))[idx]
         d["ed_index"], d["es_index"] = 0, self.num_frames - 1
         return d

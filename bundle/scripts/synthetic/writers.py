@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,8 +220,12 @@ def write_camus_dataset(
     progress: bool = False,
     failures: Any = None,
     hard: bool = False,
+    subsets: Sequence[str] | None = None,
 ) -> Path:
     """Write ``n_patients`` synthetic patients in the CAMUS NIfTI layout under ``out``; returns ``out``.
+
+    ``subsets``: write only the patients of these splits (e.g. ``("testing",)`` for a hard test set of the same
+    patients as the default data's test split); the other split files are then empty. None writes every patient.
 
     ``failures``/``hard`` as in :func:`generate_sequence` (None: the realistic default; ``hard=True``: the hard
     split, every half sequence with an occluded stretch). The truth JSON gets ``occluded`` (0/1 per stored frame),
@@ -242,16 +246,23 @@ def write_camus_dataset(
     out = Path(out)
     resolve_failures(failures)  # unknown names fail before anything is written
     stamp = dataset_stamp(n_patients, seed, size, frames, reverse_fraction, failures, hard)
+    wanted = SPLITS if subsets is None else tuple(subsets)
+    unknown = [name for name in wanted if name not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown subsets {unknown}; expected some of {SPLITS}")
+    if subsets is not None:
+        stamp["subsets"] = sorted(wanted)
     reuse = same_patients(read_stamp(out), stamp)
     _write_text(out / STAMP_FILE, json.dumps(stamp, indent=2))
-    for index in _progress(range(1, n_patients + 1), n_patients, "CAMUS patients", progress):
+    split = _split_of(n_patients, np.random.default_rng([seed, 11]))
+    chosen = [i + 1 for i in range(n_patients) if SPLITS[split[i]] in wanted]
+    for index in _progress(chosen, len(chosen), "CAMUS patients", progress):
         folder = out / "database_nifti" / f"patient{index:04d}"
         if reuse and all(p.exists() for p in _camus_files(folder, folder.name)):
             continue
         write_camus_patient(out, index, seed, size, frames, reverse_fraction, failures, hard)
-    split = _split_of(n_patients, np.random.default_rng([seed, 11]))
     for k, name in enumerate(SPLITS):
-        ids = [f"patient{i + 1:04d}" for i in range(n_patients) if split[i] == k]
+        ids = [f"patient{i + 1:04d}" for i in range(n_patients) if split[i] == k and name in wanted]
         _write_text(out / "database_split" / f"subgroup_{name}.txt", "".join(f"{p}\n" for p in ids))
     return out
 
