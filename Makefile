@@ -55,3 +55,11 @@ monailabel-env:
 	tools/monailabel/setup_env.sh
 test-monailabel: $(STAMP) monailabel-env
 	$(PY) -m pytest -q tests/test_monailabel.py
+
+# MONAI Deploy application (tools/monai_deploy): its own venv, $GDKVM_MONAI_DEPLOY_VENV or
+# ~/.cache/gdkvm-echo/venv-monai-deploy, built on first use (about 1-2 min, 1.9 GB); see docs/deploy.md.
+.PHONY: monai-deploy-env test-monai-deploy
+monai-deploy-env:
+	tools/monai_deploy/setup_env.sh
+test-monai-deploy: $(STAMP) monai-deploy-env
+	$(PY) -m pytest -q tests/test_monai_deploy.py

@@ -335,3 +335,24 @@ def test_ef_from_synthetic_ground_truth_masks():
             ref.append(s["ef"])
     stats = clin.agreement(pred, ref)
     assert stats["n"] == 6 and stats["r"] > 0.99 and abs(stats["bias"]) < 1.0 and stats["mae"] < 2.0
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Results are readable by others as any file the user writes (umask), not private like mkstemp's temporaries."""
+    import os
+
+    from scripts.clinical._io import atomic_paths
+
+    old = os.umask(0o022)
+    try:
+        with atomic_paths(tmp_path / "a.json") as (tmp,):
+            tmp.write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~_umask_at_import()
+
+
+def _umask_at_import() -> int:
+    from scripts.clinical import _io
+
+    return _io._UMASK

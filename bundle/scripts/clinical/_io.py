@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
@@ -35,6 +38,7 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
             if not temp.exists() or temp.stat().st_size == 0:
                 raise OSError(f"writing {targets[temps.index(temp)]} produced no data")
         for temp, target in zip(temps, targets):
+            os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes the file private; the result gets the usual mode
             os.replace(temp, target)
     finally:
         for temp in temps:

@@ -1,0 +1,315 @@
+"""The MONAI Deploy application (tools/monai_deploy): ultrasound DICOM cines in, one DICOM SR per cine out.
+
+The application runs as a subprocess in its own venv (``make monai-deploy-env``; ``$GDKVM_MONAI_DEPLOY_VENV`` or
+``~/.cache/gdkvm-echo/venv-monai-deploy``), on a folder with the real apical cine that ships with pydicom, a synthetic
+ultrasound cine and bad inputs. Models are made here: a TorchScript of the stand-in network that draws a beating LV
+(tests/fake_lv_network.py; an untrained GDKVM gives no measurable LV, so no SR) and a randomly initialised small GDKVM,
+each saved with the description of a small LV model trained at 64 x 64.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from fake_lv_network import BeatingLV
+from fixtures_echo import phantom, write_dicom
+from pydicom import examples
+from test_dicom_sr import check_sr
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tools" / "monai_deploy"))
+
+from model_folder import ModelRefused, save_model_ts, served_model  # noqa: E402
+
+from scripts.gdkvm import GDKVM  # noqa: E402
+
+DEFAULT_VENV = Path.home() / ".cache" / "gdkvm-echo" / "venv-monai-deploy"
+VENV = Path(os.environ.get("GDKVM_MONAI_DEPLOY_VENV") or DEFAULT_VENV)
+APP = REPO_ROOT / "tools" / "monai_deploy" / "app.py"
+NODE = REPO_ROOT / "tools" / "monai_deploy" / "dicom_node.py"
+TRAINED_WITH = {"labels": "lv", "spatial_size": 64, "keep_aspect": True}
+
+pytestmark = pytest.mark.skipif(
+    "GDKVM_MONAI_DEPLOY_VENV" not in os.environ and not DEFAULT_VENV.exists(),
+    reason=f"MONAI Deploy venv not found at {DEFAULT_VENV}: run `make monai-deploy-env` or set GDKVM_MONAI_DEPLOY_VENV",
+)
+
+# bad input file -> the problem its one line must name
+BAD = {
+    "ct.dcm": r"not an ultrasound image \(Modality CT, expected US\)",
+    "ct_cine.dcm": r"not an ultrasound image \(Modality CT, expected US\)",
+    "oneframe.dcm": r"a single 2D image, expected a multi-frame cine",
+    "nopixels.dcm": r"DICOM without pixel data",
+    "notes.txt": r"not a DICOM file \(no DICOM header\)",
+}
+
+
+def run_app(inputs: Path, out: Path, model_dir: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [str(VENV / "bin" / "python"), str(APP), "-i", str(inputs), "-o", str(out), "-m", str(model_dir)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=out.parent)
+
+
+def small_gdkvm(**trained_with) -> GDKVM:
+    return GDKVM(size="small", out_channels=2, trained_with={**TRAINED_WITH, **trained_with}).eval()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """Two good cines (the real apical one, a synthetic one in a subfolder) and one file per kind of bad input."""
+    folder = tmp_path_factory.mktemp("inputs")
+    shutil.copy(examples.get_path("ybr_color"), folder / "apical.dcm")
+    (folder / "study").mkdir()
+    synthetic = write_dicom(folder / "study" / "IM0001.dcm", np.moveaxis(phantom(60, 72, 14, seed=2)[0], -1, 0),
+                            region=(8, 4, 67, 55))  # fmt: skip
+    ds = pydicom.dcmread(synthetic)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.StudyID, ds.AccessionNumber, ds.StudyDate, ds.StudyTime = "S1", "ACC42", "20260101", "101500"
+    ds.save_as(synthetic, enforce_file_format=True)
+    frames = np.moveaxis(phantom(32, 40, 4, seed=7)[0], -1, 0)
+    ct = write_dicom(folder / "ct.dcm", frames[:1])  # a single-frame CT image
+    ds = pydicom.dcmread(ct)
+    ds.Modality, ds.SOPClassUID = "CT", pydicom.uid.CTImageStorage
+    del ds.NumberOfFrames
+    ds.save_as(ct)
+    ds = pydicom.dcmread(write_dicom(folder / "ct_cine.dcm", frames))  # a multi-frame cine, but CT
+    ds.Modality = "CT"
+    ds.save_as(folder / "ct_cine.dcm")
+    write_dicom(folder / "oneframe.dcm", frames[:1])
+    ds = pydicom.dcmread(write_dicom(folder / "nopixels.dcm", frames))
+    del ds.PixelData
+    ds.save_as(folder / "nopixels.dcm")
+    (folder / "notes.txt").write_text("a letter, not an image\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def beating_model(tmp_path_factory) -> Path:
+    """model.ts of the stand-in network that draws a beating LV, described as a small LV model at 64 x 64."""
+    folder = tmp_path_factory.mktemp("beating_model")
+    save_model_ts(torch.jit.script(BeatingLV()), small_gdkvm().description(), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app_run(inputs: Path, beating_model: Path, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path_factory.mktemp("run") / "out"
+    return run_app(inputs, out, beating_model), out
+
+
+def test_one_sr_per_good_cine_with_the_json_values(app_run, inputs: Path) -> None:
+    """The real and the synthetic cine each get an SR whose values equal the JSON report's, that references the
+    source's SOP Instance UID and frames, and that dciodvfy accepts (check_sr of tests/test_dicom_sr.py); plus the
+    JSON report, label and overlays that inference.json writes; nothing else, no temporary files."""
+    result, out = app_run
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*_sr.dcm")) == [
+        "apical_sr.dcm",
+        "study/IM0001_sr.dcm",
+    ], result.stderr[-3000:]
+    for stem, source in (("apical", inputs / "apical.dcm"), ("study/IM0001", inputs / "study" / "IM0001.dcm")):
+        check_sr(out / f"{stem}_sr.dcm", out / f"{stem}_seg.json", out / f"{stem}_report.json", source)
+        summary = json.loads((out / f"{stem}_seg.json").read_text())
+        assert summary["sr_reason"] is None and summary["input"] == str(source)
+        assert set(summary["outputs"]) >= {"label", "sr", "json", "png", "gif"}
+        for name in summary["outputs"].values():
+            assert (out / stem).parent.joinpath(name).stat().st_size > 0
+    assert not [p for p in out.rglob(".*")], "temporary files left"
+    assert "7 input(s): 2 SR(s) written, 5 failed" in result.stdout
+
+
+def test_bad_inputs_one_line_each_and_nonzero_exit(app_run, inputs: Path) -> None:
+    """Each bad file: exactly one line naming it and its problem, no output; the good ones were still processed."""
+    result, out = app_run
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("input failed: ")]
+    assert len(lines) == len(BAD), lines
+    for name, problem in BAD.items():
+        mine = [line for line in lines if line.startswith(f"input failed: {inputs / name}: ")]
+        assert len(mine) == 1 and re.search(problem, mine[0]), (name, lines)
+        assert not list(out.glob(f"{Path(name).stem}*")), name
+    assert (out / "apical_sr.dcm").is_file() and (out / "study" / "IM0001_sr.dcm").is_file()
+
+
+def test_same_results_as_the_bundle_inference_command(app_run, inputs: Path, tmp_path: Path) -> None:
+    """The app's label and JSON equal those of ``inference.json --write_sr True`` with the same network and settings."""
+    _, out = app_run
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(inputs / "apical.dcm", data / "apical.dcm")
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save({}, models / "model.pt")  # the stand-in has no weights
+    bundle_out = tmp_path / "bundle_out"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
+               "--bundle_root", str(REPO_ROOT / "bundle"), "--dataset_dir", str(data), "--output_dir", str(bundle_out),
+               "--ckpt_dir", str(models), "--network_size", "small", "--spatial_size", "64", "--keep_aspect", "True",
+               "--network_def#_target_", "fake_lv_network.BeatingLV", "--write_sr", "True"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mine, theirs = (json.loads((d / "apical_seg.json").read_text()) for d in (out, bundle_out))
+    for key in ("ef_percent", "edv_ml", "esv_ml", "ed_es_pairs", "area_mm2", "crop", "spacing_mm", "outputs"):
+        assert mine[key] == theirs[key], key
+    a, b = (nib.load(d / "apical_seg.nii.gz") for d in (out, bundle_out))
+    assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine)
+
+
+def test_a_gdkvm_from_ckpt_export_runs_through_the_app(inputs: Path, tmp_path: Path) -> None:
+    """A (random, untrained) small GDKVM exported by ``python -m monai.bundle ckpt_export`` (no description inside),
+    served from a folder with the model.pt it came from: the app takes the trained settings from model.pt (same
+    tensors) and runs it through the SDK inference operator on the real cine; with random weights there is no
+    measurable LV, so the one line says that no SR can be made (not that the inference failed), and nothing is
+    written. The same model.ts beside other weights, or alone, is refused."""
+    model_dir = tmp_path / "gdkvm"
+    model_dir.mkdir()
+    torch.manual_seed(0)
+    torch.save(small_gdkvm().state_dict(), model_dir / "model.pt")
+    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath",
+               str(model_dir / "model.ts"), "--ckpt_file", str(model_dir / "model.pt"), "--meta_file",
+               "bundle/configs/metadata.json", "--config_file", "bundle/configs/inference.json", "--ckpt_dir",
+               str(model_dir)]  # fmt: skip
+    export = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert served_model(model_dir).source.endswith("(same weights as model.ts)")
+    out = tmp_path / "out"
+    result = run_app(inputs / "apical.dcm", out, model_dir)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "'spatial_size': 64" in result.stderr  # "serving <model.ts> as trained: {...}"
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("input failed: ")]
+    assert line.startswith(f"input failed: {inputs / 'apical.dcm'}: no DICOM SR: no beat with a measurable EF"), line
+    assert not out.exists() or not list(out.iterdir())
+
+    torch.save(small_gdkvm().state_dict(), model_dir / "model.pt")  # other random weights, same description
+    with pytest.raises(ModelRefused, match="model.pt beside it holds other weights"):
+        served_model(model_dir)
+    (model_dir / "model.pt").unlink()
+    with pytest.raises(ModelRefused, match="does not say what it was trained with"):
+        served_model(model_dir)
+    (model_dir / "model.ts").unlink()
+    with pytest.raises(ModelRefused, match="no model.ts"):
+        served_model(model_dir)
+
+
+def test_a_model_that_would_not_be_served_as_trained_is_refused(inputs: Path, beating_model: Path, tmp_path) -> None:
+    """model.ts without its description (e.g. from ckpt_export) would run with inference.json's defaults (base,
+    256 x 256): refused, exit status 2, nothing written. So are a model.pt beside it that describes another model, and
+    an inference.json in model.ts that hard-codes another input size."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    torch.jit.save(torch.jit.script(BeatingLV()), str(bare / "model.ts"))
+    out = tmp_path / "out"
+    result = run_app(inputs / "apical.dcm", out, bare)
+    assert result.returncode == 2, result.stderr[-3000:]
+    refusal = [line for line in result.stderr.splitlines() if line.startswith("model refused: ")]
+    assert len(refusal) == 1 and "does not say what it was trained with" in refusal[0], result.stderr[-3000:]
+    assert "network base, 256 x 256 input" in refusal[0]
+    assert not out.exists() or not list(out.iterdir())
+
+    other = tmp_path / "other"
+    shutil.copytree(beating_model, other)
+    torch.save(small_gdkvm(spatial_size=128).state_dict(), other / "model.pt")
+    with pytest.raises(ModelRefused, match="describe different models.*spatial_size: model.ts 64, model.pt 128"):
+        served_model(other)
+
+    config = json.loads((REPO_ROOT / "bundle" / "configs" / "inference.json").read_text())
+    config["spatial_size"] = 128
+    (tmp_path / "inference.json").write_text(json.dumps(config))
+    edited = tmp_path / "edited"
+    save_model_ts(torch.jit.script(BeatingLV()), small_gdkvm().description(), edited, tmp_path / "inference.json")
+    result = run_app(inputs / "apical.dcm", out, edited)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "spatial_size: trained 64, inference.json 128" in result.stderr
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_export_writes_a_model_ts_that_describes_itself(tmp_path: Path) -> None:
+    """``tools/monai_deploy/model_folder.py --ckpt model.pt --out DIR`` (``export``): ``DIR/model.ts`` computes what the
+    checkpoint's network computes and carries its description, metadata.json and inference.json; ``served_model``
+    reads the trained settings from it alone."""
+    from model_folder import export
+
+    torch.manual_seed(1)
+    net = small_gdkvm(spatial_size=96)
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    path = Path(export(ckpt=str(tmp_path / "model.pt"), out=str(tmp_path / "served")))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.ts"]
+    served = served_model(path.parent)
+    assert served.settings == {"network_size": "small", "update_rule": "gated_delta", "kpff": True, **TRAINED_WITH,
+                               "spatial_size": 96}  # fmt: skip
+    video = torch.rand(1, 1, 40, 48, 3)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(path))(video), net(video), atol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_dicom_node_receives_cines_and_sends_the_srs_back(inputs: Path, beating_model: Path, tmp_path: Path) -> None:
+    """On loopback: pynetdicom's storescu sends the two good cines and a CT image to the node in one association; the
+    node runs the app on them and sends the two SRs (each referencing its cine) to a storescp playing the PACS; the
+    CT image gets its line in the node's log and no SR."""
+    python = str(VENV / "bin" / "python")
+    pacs_dir, work = tmp_path / "pacs", tmp_path / "work"
+    pacs_dir.mkdir()
+    pacs_port, node_port = _free_port(), _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    node_log = tmp_path / "node.log"
+    pacs = subprocess.Popen([python, "-m", "pynetdicom", "storescp", str(pacs_port), "-aet", "PACS", "-od",
+                             str(pacs_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    with node_log.open("w") as log:
+        node = subprocess.Popen([python, str(NODE), "--model", str(beating_model), "--work", str(work), "--port",
+                                 str(node_port), "--send_to", f"127.0.0.1:{pacs_port}:PACS"], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    try:
+        _wait(lambda: "listening on" in node_log.read_text(), 120, "the node to listen")
+        cines = [inputs / "apical.dcm", inputs / "study" / "IM0001.dcm", inputs / "ct.dcm"]
+        command = [python, "-m", "pynetdicom", "storescu", "127.0.0.1", str(node_port), "-aec", "GDKVM_ECHO", "-cx"]
+        sent = subprocess.run([*command, *map(str, cines)], capture_output=True, text=True, timeout=120)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+
+        def sends() -> int:  # SRs the node sent, or failed to send
+            return len(re.findall(r"gdkvm_echo_node: (sent|sending) ", node_log.read_text()))
+
+        _wait(lambda: sends() >= 2, 300, "the node to send two SRs")
+        _wait(lambda: len(list(pacs_dir.iterdir())) >= 2, 30, "the PACS to store two SRs")
+        received = [pydicom.dcmread(p) for p in sorted(pacs_dir.iterdir())]
+        assert all(ds.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage for ds in received)
+        referenced = {
+            ds.CurrentRequestedProcedureEvidenceSequence[0]
+            .ReferencedSeriesSequence[0]
+            .ReferencedSOPSequence[0]
+            .ReferencedSOPInstanceUID
+            for ds in received
+        }
+        assert referenced == {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in cines[:2]}
+        text = node_log.read_text()
+        assert "batch 1: app exit status 1, 2 SR(s), 1 failed input(s)" in text, text
+        assert re.search(r"input failed: .*\.dcm: not an ultrasound image \(Modality CT, expected US\)", text), text
+    finally:
+        for process in (node, pacs):
+            process.terminate()
+            process.wait(timeout=60)
