@@ -21,8 +21,6 @@
 # (the data file once you have it), timeout_s 600.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-export PYTHONUNBUFFERED=1
 SEED="${1:?usage: bash bench/gpu_accuracy.sh SEED recurrent|rest|all}"
 GROUP="${2:-all}"
 case "$GROUP" in
@@ -31,18 +29,7 @@ case "$GROUP" in
     all) ROWS=() ;;
     *) echo "gpu_accuracy.sh: GROUP must be recurrent, rest or all, not $GROUP" >&2; exit 2 ;;
 esac
-missing=$("$PY" -c "
-import importlib.util
-print(' '.join(m for m in ('monai', 'ignite', 'skimage', 'scipy') if importlib.util.find_spec(m) is None))")
-if [ -n "$missing" ]; then
-    if compgen -G ".whl/*.whl" >/dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-        export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-    else
-        echo "gpu_accuracy.sh: missing $missing and no wheels in .whl/ (see the header)" >&2
-        exit 1
-    fi
-fi
+source bench/gpu_env.sh gpu_accuracy.sh monai ignite skimage scipy
 RESULTS="${RESULTS_DIR:-results}"
 mkdir -p "$RESULTS"
 NAME="gpu_accuracy_s${SEED}_${GROUP}"

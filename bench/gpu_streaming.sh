@@ -11,17 +11,7 @@
 # timeout_s 540. Results are copied to $OUT when it is set (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-export PYTHONUNBUFFERED=1
-if ! "$PY" -c "import monai" 2>/dev/null; then
-    if compgen -G ".whl/monai-*.whl" >/dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-        export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-    else
-        echo "gpu_streaming.sh: MONAI is not importable and .whl/monai-*.whl is missing (see the header)" >&2
-        exit 1
-    fi
-fi
+source bench/gpu_env.sh gpu_streaming.sh monai
 RESULTS="${RESULTS_DIR:-results}"
 mkdir -p "$RESULTS"
 LOG="$RESULTS/gpu_streaming.log"
