@@ -4,24 +4,27 @@ For every (size, precision, streams B) it times, in the same process and on the 
 
 - ``eager``: the bundle's per-frame loop as before the engine, ``GDKVM.step(frame [B, 1, H, W], state)`` under
   ``torch.autocast`` for bfloat16/float16 (what ``inference.json`` did with ``amp``);
-- ``engine``: :class:`scripts.streaming.StreamingEngine` with ``B`` slots (a captured CUDA graph on CUDA; on the CPU
-  its eager fallback), outputs cloned as a caller gets them.
+- ``engine <backend>``: :class:`scripts.streaming.StreamingEngine` with ``B`` slots and each ``--backends`` entry:
+  ``cuda_graph`` (a captured CUDA graph on CUDA; on the CPU its eager fallback), ``compile``
+  (``torch.compile(mode="reduce-overhead")``: CUDA graphs of Inductor kernels on a GPU, C++ kernels on the CPU),
+  ``eager`` (the engine's buffers without capture); outputs cloned as a caller gets them.
 
-The two take turns frame by frame on the same frames (so a change of machine load slows both alike): ``--warmup``
+The modes take turns frame by frame on the same frames (so a change of machine load slows both alike): ``--warmup``
 steps each, then up to ``--frames`` steps each (at least 30; stopped after about ``--max_seconds`` per mode), each
 synchronised and timed. Reported: ms/step p50 and p99 (the latency each stream sees per frame), frames/s = B / mean
-step time, p99/p50, and for engine rows the engine/eager ratio of p50 (same run, same frames). Random weights (speed
-does not depend on them).
+step time, p99/p50, and for engine rows the engine/eager ratio of p50 (same run, same frames) and the set-up time
+(capture or compilation). Random weights (speed does not depend on them).
 
 ``--agreement`` adds the masks' agreement on synthetic cines (``scripts.synthetic.generate_sequence``): per size and
 precision, Dice (foreground classes, per cine, mean) between the engine's masks and eager masks of the same
-precision, and between the engine's masks and eager float32 masks; with ``--ckpt`` (a small model) also each one's
-Dice against the synthetic ground truth (LV). Without a checkpoint the weights are random.
+precision, and between the engine's masks and eager float32 masks, for each backend; with ``--ckpt`` (a small model)
+also each one's Dice against the synthetic ground truth (LV). Without a checkpoint the weights are random.
 
 Usage (from the repository root):
     .venv/bin/python bench/streaming.py                      # CPU: small+base, 128 x 128, float32, 1 and 8 streams
     .venv/bin/python bench/streaming.py --device cuda --resolution 256 --precisions float32 bfloat16 float16 \\
-        --streams 1 8 32 64 --agreement --ckpt bundle/models/model.pt --out results/gpu_streaming.json
+        --streams 1 8 32 64 --backends cuda_graph compile --agreement --ckpt bundle/models/model.pt \\
+        --out results/gpu_streaming.json
 Writes ``results/bench_streaming_<device>.json`` (or ``--out``) after every row and prints Markdown tables.
 """
 
@@ -43,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "bundle"))
 
 from scripts.gdkvm import GDKVM  # noqa: E402
-from scripts.streaming import PRECISIONS, StreamingEngine  # noqa: E402
+from scripts.streaming import BACKENDS, PRECISIONS, StreamingEngine  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -117,36 +120,40 @@ def bench_rows(args: argparse.Namespace, device: torch.device, save: Callable[[l
                 frames = [torch.rand(streams, 1, h, w, device=device) for _ in range(4)]
                 common = {"size": size, "precision": precision, "streams": streams, "resolution": h}
                 steps: dict[str, Callable[[torch.Tensor], object]] = {"eager": eager_stepper(net, device, precision)}
-                engine, setup_s, error = None, None, None
-                try:
-                    start = time.perf_counter()
-                    engine = StreamingEngine(net, streams, h, w, precision=precision)
-                    _sync(device)
-                    setup_s = time.perf_counter() - start
-                    steps["engine"] = engine.step
-                except Exception as e:  # noqa: BLE001 - report the row and go on
-                    error = f"{type(e).__name__}: {e}"[:300]
+                engines: dict[str, StreamingEngine] = {}
+                setup_s: dict[str, float] = {}
+                errors: dict[str, str] = {}
+                for backend in args.backends:
+                    try:
+                        start = time.perf_counter()
+                        engines[backend] = StreamingEngine(net, streams, h, w, precision=precision, backend=backend)
+                        _sync(device)
+                        setup_s[backend] = time.perf_counter() - start
+                        steps[backend] = engines[backend].step
+                    except Exception as e:  # noqa: BLE001 - report the row and go on
+                        errors[backend] = f"{type(e).__name__}: {e}"[:300]
                 try:
                     with torch.inference_mode():
                         timed = time_alternating(steps, frames, device, args.warmup, args.frames, args.max_seconds)
                 except Exception as e:  # noqa: BLE001 - out of memory, unsupported dtype: report and go on
-                    timed, error = {}, f"{type(e).__name__}: {e}"[:300]
-                for name in ("eager", "engine"):
-                    mode = name if name == "eager" or engine is None else f"engine ({engine.mode})"
+                    timed, errors["eager"] = {}, f"{type(e).__name__}: {e}"[:300]
+                for name in ["eager", *args.backends]:
+                    engine = engines.get(name)
+                    mode = "eager" if name == "eager" else f"engine {name} ({engine.mode if engine else 'failed'})"
                     row = {**common, "mode": mode}
                     if name in timed:
                         row.update(timed[name])
                         row["frames_per_s"] = streams * 1000 / row["mean_ms"]
                         row["p99_over_p50"] = row["p99_ms"] / row["p50_ms"]
-                        if name == "engine":
-                            row["setup_s"] = setup_s
+                        if name != "eager":
+                            row["setup_s"] = setup_s[name]
                             row["engine_over_eager_p50"] = row["p50_ms"] / timed["eager"]["p50_ms"]
                     else:
-                        row["error"] = error or "not run"
+                        row["error"] = errors.get(name) or errors.get("eager") or "not run"
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 save(rows)
-                del engine, frames, steps
+                del engines, frames, steps
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
         del net
@@ -186,27 +193,31 @@ def agreement(args: argparse.Namespace, device: torch.device) -> list[dict]:
         for precision in args.precisions:
             with torch.inference_mode(), _autocast(device, precision):
                 eager = [net(v).argmax(1)[0].cpu().numpy() for v in videos]
-            engine = StreamingEngine(net, 1, size_px, size_px, precision=precision)
-            with torch.inference_mode():
-                ours = [engine.run(v).argmax(1)[0].cpu().numpy() for v in videos]
-            row = {
-                "size": size,
-                "weights": f"trained ({args.ckpt})" if trained else "random",
-                "precision": precision,
-                "engine_mode": engine.mode,
-                "cines": len(videos),
-                "frames": args.agreement_frames,
-                "resolution": size_px,
-                "dice_engine_vs_eager_same_precision": float(np.mean([dice(a, b, 2) for a, b in zip(ours, eager)])),
-                "dice_engine_vs_eager_float32": float(np.mean([dice(a, b, 2) for a, b in zip(ours, reference)])),
-                "pixels_equal_vs_eager_float32": float(np.mean([np.mean(a == b) for a, b in zip(ours, reference)])),
-            }
-            if trained:
-                row["dice_vs_truth_engine"] = float(np.mean([dice(a, t, 2) for a, t in zip(ours, truths)]))
-                row["dice_vs_truth_eager_float32"] = float(np.mean([dice(a, t, 2) for a, t in zip(reference, truths)]))
-            results.append(row)
-            print(json.dumps(row), flush=True)
-            del engine
+            for backend in args.backends:
+                engine = StreamingEngine(net, 1, size_px, size_px, precision=precision, backend=backend)
+                with torch.inference_mode():
+                    ours = [engine.run(v).argmax(1)[0].cpu().numpy() for v in videos]
+                row = {
+                    "size": size,
+                    "weights": f"trained ({args.ckpt})" if trained else "random",
+                    "precision": precision,
+                    "backend": backend,
+                    "engine_mode": engine.mode,
+                    "cines": len(videos),
+                    "frames": args.agreement_frames,
+                    "resolution": size_px,
+                    "dice_engine_vs_eager_same_precision": float(np.mean([dice(a, b, 2) for a, b in zip(ours, eager)])),
+                    "dice_engine_vs_eager_float32": float(np.mean([dice(a, b, 2) for a, b in zip(ours, reference)])),
+                    "pixels_equal_vs_eager_float32": float(np.mean([np.mean(a == b) for a, b in zip(ours, reference)])),
+                }
+                if trained:
+                    row["dice_vs_truth_engine"] = float(np.mean([dice(a, t, 2) for a, t in zip(ours, truths)]))
+                    row["dice_vs_truth_eager_float32"] = float(
+                        np.mean([dice(a, t, 2) for a, t in zip(reference, truths)])
+                    )
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                del engine
     return results
 
 
@@ -225,11 +236,13 @@ def print_tables(result: dict) -> None:
             f"| {row['frames_per_s']:.0f} | {ratio} |"
         )
     if result.get("agreement"):
-        print("\n| model | weights | precision | engine | Dice vs eager (same precision) | Dice vs eager float32 |")
+        print(
+            "\n| model | weights | precision | backend (runs) | Dice vs eager (same precision) | Dice vs eager fp32 |"
+        )
         print("|---|---|---|---|---:|---:|")
         for row in result["agreement"]:
             print(
-                f"| {row['size']} | {row['weights']} | {row['precision']} | {row['engine_mode']} "
+                f"| {row['size']} | {row['weights']} | {row['precision']} | {row['backend']} ({row['engine_mode']}) "
                 f"| {row['dice_engine_vs_eager_same_precision']:.4f} | {row['dice_engine_vs_eager_float32']:.4f} |"
             )
 
@@ -241,6 +254,13 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--precisions", nargs="+", default=["float32"], choices=sorted(PRECISIONS))
     parser.add_argument("--streams", nargs="+", type=int, default=[1, 8])
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["cuda_graph"],
+        choices=[b for b in BACKENDS if b != "auto"],
+        help="engine backends timed against eager (compile: minutes of compilation per row)",
+    )
     parser.add_argument("--frames", type=int, default=100, help="timed steps per row (at most)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--max_seconds", type=float, default=8.0, help="time limit per row (after 30 steps)")

@@ -53,13 +53,60 @@ def test_eager_engine_equals_forward_exactly_and_says_so_once(net, caplog) -> No
 
 
 def test_engine_refuses_what_it_cannot_step(net) -> None:
-    engine = StreamingEngine(net, batch_size=1, height=32, width=32, use_cuda_graph=False)
+    engine = StreamingEngine(net, batch_size=1, height=32, width=32, backend="eager")
     with pytest.raises(ValueError, match=r"frame of shape \(1, 1, 32, 48\), this engine takes \(1, 1, 32, 32\)"):
         engine.step(torch.rand(1, 1, 32, 48))
     with pytest.raises(ValueError, match="stream precision must be one of"):
         StreamingEngine(net, 1, 32, 32, precision="int8")
     with pytest.raises(TypeError, match="fixed-size state"):
         StreamingEngine(GDKVMSoftmaxMemory(size="small").eval(), 1, 32, 32)
+    with pytest.raises(ValueError, match="stream backend must be one of"):
+        StreamingEngine(net, 1, 32, 32, backend="tensorrt")
+    with pytest.raises(ValueError, match="stream backend must be one of"):
+        StreamingInferer(backend="graph")
+
+
+def test_compiled_engine_matches_forward_on_cpu(net, caplog) -> None:
+    """backend="compile" is torch.compile(mode="reduce-overhead") of the step (Inductor's C++ kernels on the CPU;
+    about a minute of compilation on 2 cores): its logits match GDKVM.forward over a clip, frame by frame, after a
+    reset."""
+    video = torch.rand(2, 1, 36, 44, 4)  # padded inside to 48 x 48
+    with caplog.at_level(logging.INFO, logger="scripts.streaming"):
+        engine = StreamingEngine(net, batch_size=2, height=36, width=44, backend="compile")
+    lines = [r.getMessage() for r in caplog.records if r.name == "scripts.streaming"]
+    assert engine.mode == "compile", engine.fallback_reason
+    assert len(lines) == 1 and "torch.compile(mode='reduce-overhead') step on cpu" in lines[0], lines
+    with torch.no_grad():
+        expected = net(video)
+    assert not engine.memory.any() and not engine.prev_prob.any()  # the warm-up's state was reset
+    got = engine.run(video)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    engine.reset([1])  # one stream restarts: row 1 from empty, row 0 goes on
+    with torch.inference_mode():
+        step = engine.step(video[..., 0])
+    torch.testing.assert_close(step[1], expected[1, ..., 0], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(step[0], expected[0, ..., 0], atol=1e-3)  # row 0 kept its 4 frames of memory
+
+
+def test_engine_runs_eager_and_says_why_when_compilation_fails(net, caplog, monkeypatch) -> None:
+    def broken_compile(function, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("InductorError: no working C++ compiler\nfound")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    video = torch.rand(1, 1, 32, 32, 3)
+    with caplog.at_level(logging.INFO, logger="scripts.streaming"):
+        engine = StreamingEngine(net, batch_size=1, height=32, width=32, backend="compile")
+    lines = [r.getMessage() for r in caplog.records if r.name == "scripts.streaming"]
+    assert engine.mode == "eager" and len(lines) == 1, lines
+    reason = "torch.compile failed (RuntimeError: InductorError: no working C++ compiler found)"
+    assert f"eager per-frame step ({reason})" in lines[0] and engine.fallback_reason == reason
+    with torch.no_grad():
+        assert torch.equal(engine.run(video), net(video))
 
 
 def test_reduced_precision_runs_under_autocast_with_float32_state(net) -> None:
@@ -163,7 +210,7 @@ def test_inference_json_uses_the_engine_without_changing_cpu_results(tmp_path) -
         )
         workflow.initialize()
         inferer = workflow.parser.get_parsed_content("inferer")
-        assert isinstance(inferer, Loaded) and inferer.enabled is engine
+        assert isinstance(inferer, Loaded) and inferer.enabled is engine and inferer.backend == "auto"
         workflow.run()
         workflow.finalize()
         labels[engine] = np.asarray(nib.load(out / "cine_seg.nii.gz").dataobj)

@@ -4,15 +4,17 @@
   ``[B, N, Cv, Ck]``, previous mask ``[B, N, Hp, Wp]``) in preallocated buffers at fixed addresses. On CUDA it
   captures one step in a ``torch.cuda.CUDAGraph`` (warm-up on a side stream, as PyTorch documents) and each frame
   is ``copy_`` into the static input buffer, ``replay()``, and a clone of the output: one launch per frame instead of
-  hundreds. Where capture is impossible (CPU, a failed capture) it runs the same step eagerly and says so in one
-  log line. ``precision`` (``float32``, ``bfloat16``, ``float16``) runs the step under ``torch.autocast``; the state
-  buffers stay float32 and the logits are returned as float32.
+  hundreds. ``backend="compile"`` runs the step through ``torch.compile(mode="reduce-overhead")`` instead (Inductor
+  kernels, replayed as CUDA graphs on a GPU; compiled C++ kernels on the CPU). Where neither is possible (capture on
+  the CPU, a failed capture or compilation) it runs the same step eagerly and says so in one log line.
+  ``precision`` (``float32``, ``bfloat16``, ``float16``) runs the step under ``torch.autocast``; the state buffers
+  stay float32 and the logits are returned as float32.
 - :class:`StreamBatch` keeps ``capacity`` independent live streams in one engine: a stream joins (its slot's state
   is reset) or leaves at any frame, and each call steps all slots at once; a stream's output does not depend on the
   other slots (each batch row is computed independently: BatchNorm in eval mode, per-sample attention).
 - :class:`StreamingInferer` (a MONAI ``Inferer``) runs a clip ``[B, 1, H, W, T]`` frame by frame through an engine;
-  ``inference.json`` uses it with ``stream_engine`` (default: on when CUDA is available) and ``stream_precision``.
-  Disabled, it is ``network(inputs)``, exactly as MONAI's ``SimpleInferer``.
+  ``inference.json`` uses it with ``stream_engine`` (default: on when CUDA is available), ``stream_backend`` and
+  ``stream_precision``. Disabled, it is ``network(inputs)``, exactly as MONAI's ``SimpleInferer``.
 
 The engine's float32 step is ``GDKVM._step_padded`` itself, so on the eager path its logits equal ``GDKVM.forward``'s
 exactly (``tests/test_streaming.py``); the captured graph replays the same kernels (``bench/gpu_streaming.sh``
@@ -33,11 +35,14 @@ from monai.inferers import Inferer
 from scripts.gdkvm import GDKVM, GDKVMState
 from scripts.gdkvm.network import _padded_size
 
-__all__ = ["PRECISIONS", "StreamBatch", "StreamingEngine", "StreamingInferer"]
+__all__ = ["BACKENDS", "PRECISIONS", "StreamBatch", "StreamingEngine", "StreamingInferer"]
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# auto: a CUDA graph on a CUDA device, eager elsewhere; cuda_graph: capture one step; compile: torch.compile's
+# reduce-overhead mode (CUDA graphs of Inductor kernels on a GPU); eager: the plain step
+BACKENDS = ("auto", "cuda_graph", "compile", "eager")
 
 
 def _precision_dtype(precision: str | torch.dtype) -> torch.dtype:
@@ -68,12 +73,15 @@ class StreamingEngine:
         batch_size: streams stepped together (rows of every frame).
         height, width: frame size; frames are zero-padded inside to multiples of 16, as ``GDKVM.step`` does.
         precision: ``float32``, ``bfloat16`` or ``float16`` (``torch.autocast``; state and logits stay float32).
-        use_cuda_graph: None captures a graph when the network is on a CUDA device; False always runs eagerly; True
-            raises where capture is impossible instead of falling back.
-        warmup: eager steps on a side stream before capture (cuDNN/cuBLAS set-up); the state is reset after them.
+        backend: one of :data:`BACKENDS`. ``auto`` captures a CUDA graph when the network is on a CUDA device and runs
+            eagerly elsewhere; ``cuda_graph`` captures one (eager, with the reason logged, where it cannot);
+            ``compile`` compiles the step with ``torch.compile(mode="reduce-overhead", dynamic=False)`` (eager, with
+            the reason logged, where compilation fails); ``eager`` never captures nor compiles.
+        warmup: steps before capture (on a side stream: cuDNN/cuBLAS set-up) or while compiling (Inductor records its
+            CUDA graph on the third call); the state is reset after them.
 
     Attributes:
-        mode: ``"cuda_graph"`` or ``"eager"``.
+        mode: what runs: ``"cuda_graph"``, ``"compile"`` or ``"eager"``.
         memory: state buffer ``[B, N, Cv, Ck]`` (float32); prev_prob: state buffer ``[B, N, Hp, Wp]`` (float32).
 
     Example::
@@ -91,7 +99,7 @@ class StreamingEngine:
         height: int,
         width: int,
         precision: str | torch.dtype = "float32",
-        use_cuda_graph: bool | None = None,
+        backend: str = "auto",
         warmup: int = 3,
     ) -> None:
         if not supports_engine(net):
@@ -110,42 +118,36 @@ class StreamingEngine:
             self.memory: torch.Tensor = state.memory.clone()
             self.prev_prob: torch.Tensor = state.prev_prob.clone()
             self.frame = torch.zeros(self.batch_size, 1, hp, wp, device=self.device, dtype=torch.float32)
+        if backend not in BACKENDS:
+            raise ValueError(f"stream backend must be one of {list(BACKENDS)}, got {backend!r}")
+        self.backend = backend
         self.graph: torch.cuda.CUDAGraph | None = None
         self._graph_logits: torch.Tensor | None = None
+        self._compiled: Any = None
         self.mode = "eager"
         self.fallback_reason = ""
-        if use_cuda_graph is False:
-            self.fallback_reason = "CUDA graphs switched off"
+        if backend == "eager":
+            self.fallback_reason = "asked for eager"
+        elif backend == "compile":
+            self._compile(max(3, int(warmup)))
         elif self.device.type != "cuda":
             self.fallback_reason = f"CUDA graphs need a CUDA device, the network is on {self.device}"
         else:
             try:
                 self._capture(max(1, int(warmup)))
                 self.mode = "cuda_graph"
-            except Exception as e:
-                if use_cuda_graph:
-                    raise RuntimeError(f"StreamingEngine: CUDA graph capture failed: {type(e).__name__}: {e}") from e
+            except Exception as e:  # noqa: BLE001 - an operation that cannot be captured: run eagerly, say why
                 self.graph, self._graph_logits = None, None
                 self.fallback_reason = f"CUDA graph capture failed ({type(e).__name__}: {' '.join(str(e).split())})"
                 self.reset()
-        if self.mode == "eager":
-            logger.info(
-                "streaming engine: eager per-frame step (%s); %d x %dx%d, %s",
-                self.fallback_reason,
-                self.batch_size,
-                self.height,
-                self.width,
-                self.precision,
-            )
-        else:
-            logger.info(
-                "streaming engine: CUDA graph per frame on %s; %d x %dx%d, %s",
-                self.device,
-                self.batch_size,
-                self.height,
-                self.width,
-                self.precision,
-            )
+        what = {
+            "eager": f"eager per-frame step ({self.fallback_reason})",
+            "cuda_graph": f"CUDA graph per frame on {self.device}",
+            "compile": f"torch.compile(mode='reduce-overhead') step on {self.device}",
+        }[self.mode]
+        logger.info(
+            "streaming engine: %s; %d x %dx%d, %s", what, self.batch_size, self.height, self.width, self.precision
+        )
 
     # ------------------------------------------------------------------------------------------------ public
     def reset(self, rows: Sequence[int] | None = None) -> None:
@@ -178,6 +180,10 @@ class StreamingEngine:
                 self.graph.replay()
                 assert self._graph_logits is not None
                 return self._graph_logits.clone()
+        if self._compiled is not None:
+            with self._context():
+                self.frame[..., : self.height, : self.width].copy_(frame_B1HW)
+                return self._compiled_step()
         # eager: in inference mode (less per-operation bookkeeping than no_grad: ~2 % of a small CPU step); the
         # buffers stay normal tensors, and the logits are a new (inference) tensor that needs no clone
         with torch.inference_mode():
@@ -204,6 +210,16 @@ class StreamingEngine:
 
     def _step_buffers(self) -> torch.Tensor:
         """One step from the buffers into the buffers; returns the logits ``[B, K, H, W]`` (float32)."""
+        logits, memory, prob = self._step(self.frame, self.memory, self.prev_prob)
+        self.memory.copy_(memory)
+        self.prev_prob.copy_(prob)
+        return logits
+
+    def _step(
+        self, frame_B1HW: torch.Tensor, memory_BNVK: torch.Tensor, prev_prob_BNHW: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The step as a function of its inputs (what ``torch.compile`` compiles): padded frame and state ->
+        ``(logits [B, K, H, W] float32, memory [B, N, Cv, Ck], prob [B, N, Hp, Wp])`` in the engine's precision."""
         if self.dtype != torch.float32:
             autocast: Any = torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
         elif torch.is_autocast_enabled(self.device.type):  # switch off an enclosing autocast (MONAI's amp)
@@ -211,10 +227,33 @@ class StreamingEngine:
         else:
             autocast = contextlib.nullcontext()
         with autocast:
-            logits, memory, prob = self.net._step_padded(self.frame, self.memory, self.prev_prob)
+            logits, memory, prob = self.net._step_padded(frame_B1HW, memory_BNVK, prev_prob_BNHW)
+        return logits[..., : self.height, : self.width].float(), memory, prob
+
+    def _compiled_step(self) -> torch.Tensor:
+        """One step of the compiled function from the buffers into the buffers; returns new logits ``[B, K, H, W]``.
+
+        The outputs of a reduce-overhead function live in its CUDA graph's memory pool and are overwritten by its next
+        call: the state is copied into the engine's buffers and the logits cloned before that."""
+        if self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        logits, memory, prob = self._compiled(self.frame, self.memory, self.prev_prob)
         self.memory.copy_(memory)
         self.prev_prob.copy_(prob)
-        return logits[..., : self.height, : self.width].float()
+        return logits.clone()
+
+    def _compile(self, warmup: int) -> None:
+        """Compile the step and run ``warmup`` steps (compiling, then recording); eager, saying why, if that fails."""
+        try:
+            self._compiled = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
+            with self._context():
+                for _ in range(warmup):
+                    self._compiled_step()
+            self.mode = "compile"
+        except Exception as e:  # noqa: BLE001 - no C++ compiler, an unsupported operation: run eagerly, say why
+            self._compiled = None
+            self.fallback_reason = f"torch.compile failed ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+        self.reset()
 
     def _capture(self, warmup: int) -> None:
         """Warm up on a side stream, capture one step in a CUDA graph, then reset the state the warm-up changed."""
@@ -242,7 +281,7 @@ class StreamBatch:
     rows are restored after the step), and free slots get black frames whose outputs are dropped.
 
     Args:
-        net, precision, use_cuda_graph: as :class:`StreamingEngine`.
+        net, precision, backend: as :class:`StreamingEngine`.
         capacity: number of slots (the engine's batch size).
         height, width: frame size of every stream.
 
@@ -261,9 +300,9 @@ class StreamBatch:
         height: int,
         width: int,
         precision: str | torch.dtype = "float32",
-        use_cuda_graph: bool | None = None,
+        backend: str = "auto",
     ) -> None:
-        self.engine = StreamingEngine(net, capacity, height, width, precision=precision, use_cuda_graph=use_cuda_graph)
+        self.engine = StreamingEngine(net, capacity, height, width, precision=precision, backend=backend)
         self.capacity = int(capacity)
         self.slots: dict[Hashable, int] = {}
 
@@ -332,7 +371,7 @@ class StreamingInferer(Inferer):
     Args:
         enabled: use the engine (``inference.json``: ``stream_engine``, default ``torch.cuda.is_available()``).
         precision: ``float32``, ``bfloat16`` or ``float16`` (``stream_precision``).
-        use_cuda_graph: as :class:`StreamingEngine` (None: on CUDA devices).
+        backend: as :class:`StreamingEngine` (``stream_backend``; ``auto``: a CUDA graph on CUDA devices).
         cache_size: engines kept.
 
     Returns (``__call__``): logits ``[B, K, H, W, T]`` (float32 from the engine).
@@ -342,13 +381,15 @@ class StreamingInferer(Inferer):
         self,
         enabled: bool = True,
         precision: str = "float32",
-        use_cuda_graph: bool | None = None,
+        backend: str = "auto",
         cache_size: int = 2,
     ) -> None:
         super().__init__()
         self.enabled = bool(enabled)
         self.precision = str(_precision_dtype(precision)).replace("torch.", "")
-        self.use_cuda_graph = use_cuda_graph
+        if backend not in BACKENDS:
+            raise ValueError(f"stream backend must be one of {list(BACKENDS)}, got {backend!r}")
+        self.backend = backend
         self.cache_size = max(1, int(cache_size))
         self.engines: OrderedDict[tuple, StreamingEngine] = OrderedDict()
         self._said_unsupported = False
@@ -367,9 +408,7 @@ class StreamingInferer(Inferer):
         key = (id(network), int(inputs.shape[0]), int(inputs.shape[2]), int(inputs.shape[3]))
         engine = self.engines.get(key)
         if engine is None or engine.net is not network or engine.device != next(network.parameters()).device:
-            engine = StreamingEngine(
-                network, key[1], key[2], key[3], precision=self.precision, use_cuda_graph=self.use_cuda_graph
-            )
+            engine = StreamingEngine(network, key[1], key[2], key[3], precision=self.precision, backend=self.backend)
             self.engines[key] = engine
             while len(self.engines) > self.cache_size:
                 self.engines.popitem(last=False)
