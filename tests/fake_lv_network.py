@@ -4,9 +4,15 @@ measurable masks (an untrained GDKVM gives none) through the bundle's real infer
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class BeatingLV(torch.nn.Module):
@@ -34,3 +40,18 @@ class BeatingLV(torch.nn.Module):
         lv = torch.stack(frames, dim=-1).to(video.dtype)  # [H, W, T]
         logits = torch.stack([1 - lv, lv], dim=0) * 10.0 - 5.0  # [2, H, W, T]
         return logits.unsqueeze(0).expand(B, -1, -1, -1, -1).to(video.device)
+
+
+def run_bundle_inference(data: Path, out: Path, work: Path, *options: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` of ``bundle/configs/inference.json`` on the cines in ``data`` into ``out`` with
+    :class:`BeatingLV` as the network (small, 64 x 64, an empty ``model.pt`` under ``work/models``) and ``options``
+    (``--key value`` pairs); one torch thread. Returns the finished process (stdout and stderr captured)."""
+    models = work / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    torch.save({}, models / "model.pt")  # the stand-in has no weights
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
+               "--bundle_root", str(REPO_ROOT / "bundle"), "--dataset_dir", str(data), "--output_dir", str(out),
+               "--ckpt_dir", str(models), "--network_size", "small", "--spatial_size", "64",
+               "--network_def#_target_", "fake_lv_network.BeatingLV", *options]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import torch
+from fake_lv_network import run_bundle_inference
 from fixtures_echo import phantom, save_nifti_hwt, write_dicom
 from pydicom import examples
 from pydicom.dataset import Dataset
@@ -244,17 +243,8 @@ def test_inference_command_writes_the_sr_on_request(real_cine: Path, tmp_path: P
     data.mkdir()
     shutil.copy(real_cine, data / "apical.dcm")
     save_nifti_hwt(phantom(48, 40, 12)[0], data / "clip.nii.gz")
-    models = tmp_path / "models"
-    models.mkdir()
-    torch.save({}, models / "model.pt")  # the stand-in has no weights
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
-               "--bundle_root", str(REPO_ROOT / "bundle"), "--dataset_dir", str(data), "--output_dir", str(out),
-               "--ckpt_dir", str(models), "--network_size", "small", "--spatial_size", "64", "--write_overlays",
-               "False", "--network_def#_target_", "fake_lv_network.BeatingLV", "--write_sr", "True"]  # fmt: skip
-    tests = str(Path(__file__).parent)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=tests)
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
+    result = run_bundle_inference(data, out, tmp_path, "--write_overlays", "False", "--write_sr", "True")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "apical_seg.json").read_text())
     assert summary["sr_reason"] is None and summary["outputs"]["sr"] == "apical_sr.dcm"

@@ -4,6 +4,7 @@ matches PyTorch under ONNX Runtime over a stream of frames."""
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import torch
 from monai.bundle.scripts import ckpt_export
 from monai.data import load_net_with_metadata
 
-from scripts.export import GDKVMStreamStep, OnnxStream, export_onnx_step, export_torchscript, load_network
+from scripts.export import (
+    GDKVMStreamStep,
+    OnnxStream,
+    export_onnx_step,
+    export_torchscript,
+    load_network,
+    read_torchscript_description,
+    torchscript_command,
+)
 from scripts.gdkvm import GDKVM
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
@@ -52,7 +61,50 @@ def test_scripted_keeps_frames_dynamic_and_saves(tmp_path) -> None:
     video = torch.rand(1, 1, 36, 44, 5)
     with torch.no_grad():
         torch.testing.assert_close(loaded(video), net(video), atol=1e-5, rtol=0)
-    assert not net.training and not list(tmp_path.glob(".*.part"))
+    assert not net.training and not list(tmp_path.glob(".*"))
+    assert read_torchscript_description(path) is None  # no description given, none stored
+
+
+def test_torchscript_command_stores_what_the_checkpoint_was_trained_with(tmp_path, capsys) -> None:
+    """``python -m scripts.export torchscript`` keeps the checkpoint's description (a scripted network drops its
+    ``_extra_state``) beside ckpt_export's metadata.json and inference.json; bad files are refused by name."""
+    from scripts.checkpoint import read_description
+
+    torch.manual_seed(0)
+    trained_with = {"labels": "lv", "spatial_size": 64, "keep_aspect": True}
+    trained = GDKVM(size="small", out_channels=2, trained_with=trained_with)
+    ckpt = tmp_path / "model.pt"
+    torch.save(trained.state_dict(), ckpt)
+    out = Path(torchscript_command(str(ckpt), str(tmp_path / "out" / "model.ts")))
+    description = read_torchscript_description(out)
+    assert description == json.loads(json.dumps(read_description(ckpt))) and description["trained_with"] == trained_with
+    extra = {"metadata.json": "", "inference.json": ""}
+    loaded = torch.jit.load(str(out), _extra_files=extra)
+    assert (
+        json.loads(extra["metadata.json"])["version"]
+        == json.loads((BUNDLE / "configs/metadata.json").read_text())["version"]
+    )
+    assert "inferer" in json.loads(extra["inference.json"])
+    video = torch.rand(1, 1, 32, 32, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(video), trained.eval()(video), atol=1e-5, rtol=0)
+    # the MONAI Deploy app serves this file on its own, as trained (its model-folder check imports no Deploy code)
+    sys.path.insert(0, str(BUNDLE.parent / "tools" / "monai_deploy"))
+    try:
+        from model_folder import served_model
+
+        served = served_model(out)
+    finally:
+        sys.path.remove(str(BUNDLE.parent / "tools" / "monai_deploy"))
+    assert served.path == out and served.settings["spatial_size"] == 64 and served.settings["labels"] == "lv"
+    # a checkpoint without a description (saved before bundle 0.3.0): written without one, and said
+    old = tmp_path / "old.pt"
+    torch.save({k: v for k, v in trained.state_dict().items() if not k.endswith("_extra_state")}, old)
+    assert read_torchscript_description(torchscript_command(str(old), str(tmp_path / "old.ts"), size="small")) is None
+    assert "does not say what it was trained with" in capsys.readouterr().out
+    (tmp_path / "text.ts").write_text("not a model")
+    with pytest.raises(ValueError, match=r"text\.ts: not a TorchScript file"):
+        read_torchscript_description(tmp_path / "text.ts")
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from fake_lv_network import BeatingLV
+from fake_lv_network import BeatingLV, run_bundle_inference
 from fixtures_echo import phantom, write_dicom
 from pydicom import examples
 from test_dicom_sr import check_sr
@@ -149,16 +149,8 @@ def test_same_results_as_the_bundle_inference_command(app_run, inputs: Path, tmp
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(inputs / "apical.dcm", data / "apical.dcm")
-    models = tmp_path / "models"
-    models.mkdir()
-    torch.save({}, models / "model.pt")  # the stand-in has no weights
     bundle_out = tmp_path / "bundle_out"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
-               "--bundle_root", str(REPO_ROOT / "bundle"), "--dataset_dir", str(data), "--output_dir", str(bundle_out),
-               "--ckpt_dir", str(models), "--network_size", "small", "--spatial_size", "64", "--keep_aspect", "True",
-               "--network_def#_target_", "fake_lv_network.BeatingLV", "--write_sr", "True"]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
+    result = run_bundle_inference(data, bundle_out, tmp_path, "--keep_aspect", "True", "--write_sr", "True")
     assert result.returncode == 0, result.stderr[-3000:]
     mine, theirs = (json.loads((d / "apical_seg.json").read_text()) for d in (out, bundle_out))
     for key in ("ef_percent", "edv_ml", "esv_ml", "ed_es_pairs", "area_mm2", "crop", "spacing_mm", "outputs"):

@@ -2,6 +2,11 @@
 
 TorchScript (``export_torchscript``, or ``python -m monai.bundle ckpt_export``) *scripts* the network, so the frame
 loop stays a loop and the saved model takes clips of any length T. Tracing would unroll the loop to the example's T.
+``python -m scripts.export torchscript`` also stores what ``ckpt_export`` stores (``extra/metadata.json``,
+``extra/inference.json``) and the checkpoint's description (``extra/gdkvm_description.json``: network, classes,
+input size, aspect handling; :mod:`scripts.gdkvm.description`), which a scripted network otherwise loses (it drops
+the state dict's ``_extra_state``): :func:`read_torchscript_description` reads it back, so whoever serves the file
+(the MONAI Deploy app) knows what it was trained with.
 
 ONNX (``export_onnx_step``) holds one step of the recurrence: ``(frame [B, 1, H, W], memory [B, N, Cv, Ck],
 prev_prob [B, N, Hp, Wp]) -> (logits [B, K, H, W], memory, prev_prob)`` for frames of the export size H x W
@@ -20,17 +25,24 @@ are needed only for a checkpoint saved before bundle 0.3.0.
 
 from __future__ import annotations
 
+import json
+import tempfile
 import warnings
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import build_network
+from .checkpoint import build_network, read_description
 from .gdkvm import GDKVM, GDKVMState
+from .gdkvm.description import plain
 
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+DESCRIPTION_FILE = "gdkvm_description.json"  # extra file of a TorchScript export, beside metadata.json/inference.json
 ONNX_INPUTS = ("frame", "memory", "prev_prob")
 ONNX_OUTPUTS = ("logits", "next_memory", "next_prev_prob")
 DEFAULT_OPSET = 18
@@ -61,30 +73,84 @@ def _partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.part")
 
 
-def export_torchscript(net: GDKVM, path: str | Path) -> Path:
+def bundle_extra_files(
+    config_file: str | Path = BUNDLE_ROOT / "configs" / "inference.json",
+    metadata_file: str | Path = BUNDLE_ROOT / "configs" / "metadata.json",
+) -> dict[str, str]:
+    """``{"metadata.json": ..., "inference.json": ...}``: the bundle files that ``ckpt_export`` stores in a TorchScript
+    archive (the JSON as it stands, re-serialised), and that MONAI Deploy's bundle inference operator reads."""
+    return {
+        "metadata.json": json.dumps(json.loads(Path(metadata_file).read_text())),
+        "inference.json": json.dumps(json.loads(Path(config_file).read_text())),
+    }
+
+
+def save_scripted(
+    scripted: torch.jit.ScriptModule,
+    path: str | Path,
+    description: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, str] | None = None,
+) -> Path:
+    """Save ``scripted`` to ``path`` (written whole or not at all) with ``extra_files`` (``{name: text}``) and, given,
+    the network's ``description`` as ``extra/gdkvm_description.json``; the archive's top folder is named after the
+    file, as ``torch.jit.save`` names it when writing ``path`` directly."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = dict(extra_files or {})
+    if description is not None:
+        extra[DESCRIPTION_FILE] = json.dumps(plain(dict(description)), sort_keys=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        part = Path(tmp) / path.name
+        torch.jit.save(scripted, str(part), _extra_files=extra)
+        part.replace(path)
+    return path
+
+
+def export_torchscript(
+    net: GDKVM,
+    path: str | Path,
+    description: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, str] | None = None,
+) -> Path:
     """Script (not trace) ``net`` and save it; the saved model takes ``[B, 1, H, W, T]`` clips of any H, W and T.
 
     Args:
         net: a GDKVM (any size, update rule, ``kpff``); it is scripted in eval mode and its mode is restored.
         path: the ``.ts`` file to write (written completely or not at all).
+        description: what the network was trained with (:func:`scripts.checkpoint.read_description` of its
+            checkpoint), stored as ``extra/gdkvm_description.json``; None stores none.
+        extra_files: more ``{name: text}`` extra files (:func:`bundle_extra_files`).
 
     Returns:
         The path written. Load it with ``torch.jit.load(path)``; ``model(video [B, 1, H, W, T]) -> [B, K, H, W, T]``.
     """
-    path = Path(path)
     was_training = net.training
     net.eval()
     try:
-        scripted = torch.jit.script(net)
-        partial = _partial_path(path)
-        try:
-            torch.jit.save(scripted, str(partial))
-            partial.replace(path)
-        finally:
-            partial.unlink(missing_ok=True)
+        return save_scripted(torch.jit.script(net), path, description, extra_files)
     finally:
         net.train(was_training)
-    return path
+
+
+def read_torchscript_description(path: str | Path) -> dict[str, Any] | None:
+    """The description stored by :func:`export_torchscript` in a TorchScript file, or None when it has none.
+
+    Raises:
+        ValueError: ``path`` is not a TorchScript archive (not a zip file), or its description is not JSON.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [m for m in archive.namelist() if m.endswith(f"/extra/{DESCRIPTION_FILE}")]
+            text = archive.read(names[0]) if names else None
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path}: not a TorchScript file (not a zip archive)") from None
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{path}: extra/{DESCRIPTION_FILE} is not JSON ({e})") from None
 
 
 def export_onnx_step(
@@ -278,8 +344,16 @@ def onnx_command(
 
 
 def torchscript_command(ckpt: str, out: str, config_file: str | None = None, **network: object) -> str:
-    """``python -m scripts.export torchscript``: the scripted clip model (see :func:`export_torchscript`)."""
-    return str(export_torchscript(load_network(ckpt, config_file, **network), out))
+    """``python -m scripts.export torchscript``: the scripted clip model (see :func:`export_torchscript`) with the
+    bundle's ``metadata.json`` and ``inference.json`` (``config_file`` when given) and the checkpoint's description
+    as extra files. A checkpoint saved before bundle 0.3.0 has no description: the file is written without one
+    (served only beside that ``model.pt``), and a line says so."""
+    net = load_network(ckpt, config_file, **network)
+    description = read_description(ckpt) if ckpt is not None else None
+    if description is None:
+        print(f"{ckpt}: the checkpoint does not say what it was trained with; {out} carries no description")
+    config = config_file if config_file is not None else BUNDLE_ROOT / "configs" / "inference.json"
+    return str(export_torchscript(net, out, description, bundle_extra_files(config)))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ bundle_importable()
 # Transforms of the bundle's inference.json that touch files: the application reads and writes in its own operators.
 # The SDK's operator drops only LoadImage/SaveImage; the bundle's cine reader and writer have other names.
 FILE_TRANSFORMS = ["LoadImage", "SaveImage", "LoadCine", "SaveCineResult"]
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -50,6 +52,25 @@ class Ledger:
 
     def time(self, path: str | Path, step: str, seconds: float) -> None:
         self.seconds.setdefault(str(path), {})[step] = seconds
+
+    def run(
+        self,
+        path: str | Path,
+        step: str,
+        work: Callable[[], Result],
+        failure: Callable[[BaseException, str], str] | None = None,
+    ) -> Result | None:
+        """``work()`` as the timed ``step`` of input ``path``; if it raises, the input fails (one line: the problem,
+        or ``failure(error, problem)``) and the result is None, so that the operator passes nothing on for it."""
+        start = time.perf_counter()
+        try:
+            result = work()
+        except Exception as e:  # noqa: BLE001 - every failure is reported per file; the others go on
+            problem = _problem(e, path)
+            self.fail(path, failure(e, problem) if failure else problem)
+            return None
+        self.time(path, step, time.perf_counter() - start)
+        return result
 
 
 class InputError(Exception):
@@ -128,14 +149,10 @@ class CineLoaderOperator(Operator):
             return
         path, stem = self.files[self.index], self.stems[self.index]
         self.index += 1
-        start = time.perf_counter()
-        try:
-            image, meta, header = read_ultrasound_cine(path)
-        except Exception as e:  # noqa: BLE001 - every failure is reported per file; the others go on
-            self.ledger.fail(path, _problem(e, path))
-            return
-        self.ledger.time(path, "load", time.perf_counter() - start)
-        op_output.emit({"path": path, "stem": stem, "image": image, "meta": meta, "header": header}, "cine")
+        read = self.ledger.run(path, "load", lambda: read_ultrasound_cine(path))
+        if read is not None:
+            image, meta, header = read
+            op_output.emit({"path": path, "stem": stem, "image": image, "meta": meta, "header": header}, "cine")
 
 
 def bundle_config(served: ServedModel) -> Any:
@@ -187,35 +204,36 @@ class EchoBundleInferenceOperator(MonaiBundleInferenceOperator):
         spec.output("seg")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        cine = op_input.receive("cine")
+        pred = self.ledger.run(
+            cine["path"], "inference", lambda: self._segment(cine), lambda e, problem: f"inference failed: {problem}"
+        )
+        if pred is not None:
+            op_output.emit({**cine, "pred": pred, "keep_aspect": self.keep_aspect}, "seg")
+
+    def _segment(self, cine: dict[str, Any]) -> np.ndarray:
+        """Labels ``[1, h, w, T]`` (uint8, network resolution) of the loader's cine."""
         from scripts.data.video_io import to_meta_tensor
 
-        cine = op_input.receive("cine")
-        start = time.perf_counter()
-        try:
-            if self._model_network is None:
-                self._model_network = torch.jit.load(str(self.served.path), map_location=self._device).eval()
-            meta = cine["meta"]
-            data = {
-                "image": to_meta_tensor(cine["image"], meta),  # [1, H, W, T], as LoadCined gives it
-                "spacing": np.asarray(meta["spacing"], dtype=np.float32),
-                "frame_rate": meta["frame_rate"],
-            }
-            with torch.no_grad():
-                data = self.pre_process(data)
-                image = data["image"]
-                logits = self.predict(data=image.as_tensor()[None].to(self._device, torch.float32))
-                if logits.ndim != 5 or logits.shape[1] != self.num_classes:
-                    raise InputError(
-                        f"the network gave logits of shape {tuple(logits.shape)}, expected "
-                        f"[1, {self.num_classes}, H, W, T] for labels {self.served.settings['labels']!r}"
-                    )
-                out = self.post_process(logits[0].cpu(), **{self.kw_preprocessed_inputs: data})
-            pred = np.asarray(torch.as_tensor(out["pred"]).cpu()).astype(np.uint8)
-        except Exception as e:  # noqa: BLE001
-            self.ledger.fail(cine["path"], f"inference failed: {_problem(e, cine['path'])}")
-            return
-        self.ledger.time(cine["path"], "inference", time.perf_counter() - start)
-        op_output.emit({**cine, "pred": pred, "keep_aspect": self.keep_aspect}, "seg")
+        if self._model_network is None:
+            self._model_network = torch.jit.load(str(self.served.path), map_location=self._device).eval()
+        meta = cine["meta"]
+        data = {
+            "image": to_meta_tensor(cine["image"], meta),  # [1, H, W, T], as LoadCined gives it
+            "spacing": np.asarray(meta["spacing"], dtype=np.float32),
+            "frame_rate": meta["frame_rate"],
+        }
+        with torch.no_grad():
+            data = self.pre_process(data)
+            image = data["image"]
+            logits = self.predict(data=image.as_tensor()[None].to(self._device, torch.float32))
+            if logits.ndim != 5 or logits.shape[1] != self.num_classes:
+                raise InputError(
+                    f"the network gave logits of shape {tuple(logits.shape)}, expected "
+                    f"[1, {self.num_classes}, H, W, T] for labels {self.served.settings['labels']!r}"
+                )
+            out = self.post_process(logits[0].cpu(), **{self.kw_preprocessed_inputs: data})
+        return np.asarray(torch.as_tensor(out["pred"]).cpu()).astype(np.uint8)
 
 
 class EchoMeasurementsOperator(Operator):
@@ -233,34 +251,34 @@ class EchoMeasurementsOperator(Operator):
         spec.output("measured")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        seg = op_input.receive("seg")
+        report = self.ledger.run(seg["path"], "measure", lambda: self._measure(seg))
+        if report is not None:
+            op_output.emit({**seg, "report": report}, "measured")
+
+    def _measure(self, seg: dict[str, Any]) -> dict[str, Any]:
+        """The clinical report of one segmented cine; :class:`InputError` when it cannot have an SR."""
         from scripts import clinical
         from scripts.clinical.dicom_sr import sr_problem
         from scripts.clinical.evaluation import largest_component
         from scripts.geometry import restore_labels
 
-        seg = op_input.receive("seg")
-        start = time.perf_counter()
-        try:
-            meta, (H, W, _) = seg["meta"], seg["image"].shape
-            labels = restore_labels(seg["pred"][0], H, W, meta["spacing"], seg["keep_aspect"])
-            measured = labels.copy()
-            for t in range(measured.shape[-1]):
-                lv = measured[..., t] == self.lv_label
-                measured[..., t][lv & ~largest_component(lv)] = 0
-            spacing = tuple(float(s) for s in meta["spacing"])
-            rate = meta.get("frame_rate")
-            rate = float(rate) if rate is not None and math.isfinite(float(rate)) else None
-            report = clinical.cine_report(
-                measured, spacing if meta.get("spacing_known") else (1.0, 1.0), frame_rate=rate, lv_label=self.lv_label
-            )
-            problem = sr_problem(meta, report)
-            if problem is not None:
-                raise InputError(f"no DICOM SR: {problem}")
-        except Exception as e:  # noqa: BLE001
-            self.ledger.fail(seg["path"], _problem(e, seg["path"]))
-            return
-        self.ledger.time(seg["path"], "measure", time.perf_counter() - start)
-        op_output.emit({**seg, "report": report}, "measured")
+        meta, (H, W, _) = seg["meta"], seg["image"].shape
+        labels = restore_labels(seg["pred"][0], H, W, meta["spacing"], seg["keep_aspect"])
+        measured = labels.copy()
+        for t in range(measured.shape[-1]):
+            lv = measured[..., t] == self.lv_label
+            measured[..., t][lv & ~largest_component(lv)] = 0
+        spacing = tuple(float(s) for s in meta["spacing"])
+        rate = meta.get("frame_rate")
+        rate = float(rate) if rate is not None and math.isfinite(float(rate)) else None
+        report = clinical.cine_report(
+            measured, spacing if meta.get("spacing_known") else (1.0, 1.0), frame_rate=rate, lv_label=self.lv_label
+        )
+        problem = sr_problem(meta, report)
+        if problem is not None:
+            raise InputError(f"no DICOM SR: {problem}")
+        return report
 
 
 class EchoResultWriterOperator(Operator):
@@ -277,36 +295,16 @@ class EchoResultWriterOperator(Operator):
         spec.input("measured")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        from scripts.inference import SaveCineResultd, summary_path
-
         item = op_input.receive("measured")
-        path, stem, report = item["path"], item["stem"], item["report"]
-        start = time.perf_counter()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with tempfile.TemporaryDirectory(dir=self.output_dir, prefix=".partial-") as tmp:
-                saver = SaveCineResultd(output_dir=tmp, keep_aspect=item["keep_aspect"], write_sr=True)
-                files = saver.write(item["pred"], path, stem)
-                if "sr" not in files:  # e.g. a DICOM without Study/Series/SOP Instance UIDs
-                    reason = json.loads(Path(files["summary"]).read_text()).get("sr_reason")
-                    raise InputError(f"no DICOM SR: {reason}")
-                written = _json_number(Path(files["summary"]), "ef_percent")
-                if not _same(written, report["ef_percent"]):
-                    raise InputError(f"the written EF {written} differs from the measured {report['ef_percent']}")
-                final = summary_path(self.output_dir, stem)
-                final.unlink(missing_ok=True)  # a complete output of an earlier run is replaced whole
-                moved = {}
-                for key in sorted(files, key=lambda k: k == "summary"):  # the summary JSON last: marks complete
-                    relative = Path(files[key]).relative_to(tmp)
-                    target = self.output_dir / relative
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(files[key], target)
-                    moved[key] = str(target)
-        except Exception as e:  # noqa: BLE001
-            problem = _problem(e, path)
-            self.ledger.fail(path, problem if isinstance(e, InputError) else f"writing the results failed: {problem}")
+        path, report = item["path"], item["report"]
+        moved = self.ledger.run(
+            path,
+            "write",
+            lambda: self._write(item),
+            lambda e, problem: problem if isinstance(e, InputError) else f"writing the results failed: {problem}",
+        )
+        if moved is None:
             return
-        self.ledger.time(path, "write", time.perf_counter() - start)
         beats = [b for b in report["beats"] if math.isfinite(b["ef_percent"])]
         self.ledger.written.append({"input": str(path), "files": moved, "ef_percent": report["ef_percent"]})
         print(
@@ -314,6 +312,33 @@ class EchoResultWriterOperator(Operator):
             f"{len(beats)} beat(s)) -> {moved['sr']}",
             flush=True,
         )
+
+    def _write(self, item: dict[str, Any]) -> dict[str, str]:
+        """Write one cine's files into a temporary folder, then move them into place (the summary JSON last);
+        returns ``{kind: path}`` of the files in the output folder."""
+        from scripts.inference import SaveCineResultd, summary_path
+
+        path, stem, report = item["path"], item["stem"], item["report"]
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.output_dir, prefix=".partial-") as tmp:
+            saver = SaveCineResultd(output_dir=tmp, keep_aspect=item["keep_aspect"], write_sr=True)
+            files = saver.write(item["pred"], path, stem)
+            if "sr" not in files:  # e.g. a DICOM without Study/Series/SOP Instance UIDs
+                reason = json.loads(Path(files["summary"]).read_text()).get("sr_reason")
+                raise InputError(f"no DICOM SR: {reason}")
+            written = _json_number(Path(files["summary"]), "ef_percent")
+            if not _same(written, report["ef_percent"]):
+                raise InputError(f"the written EF {written} differs from the measured {report['ef_percent']}")
+            final = summary_path(self.output_dir, stem)
+            final.unlink(missing_ok=True)  # a complete output of an earlier run is replaced whole
+            moved = {}
+            for key in sorted(files, key=lambda k: k == "summary"):  # the summary JSON last: marks complete
+                relative = Path(files[key]).relative_to(tmp)
+                target = self.output_dir / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(files[key], target)
+                moved[key] = str(target)
+        return moved
 
 
 def _json_number(path: Path, key: str) -> float:

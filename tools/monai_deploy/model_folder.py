@@ -7,7 +7,8 @@ input size, aspect handling) from ``models/model.pt``. A ``model.ts`` alone woul
 defaults (``base``, 256 x 256), whatever it was trained with. So:
 
 - :func:`export` (command line below) writes ``model.ts`` with a third extra file, ``extra/gdkvm_description.json``:
-  the checkpoint's description (:mod:`scripts.gdkvm.description`);
+  the checkpoint's description (:mod:`scripts.gdkvm.description`), through the bundle's own
+  :func:`scripts.export.export_torchscript` (``python -m scripts.export torchscript`` writes the same file);
 - :func:`served_model` reads the description from there, or else from a ``model.pt`` beside ``model.ts`` whose
   weights equal the TorchScript's, and refuses (:class:`ModelRefused`, one message naming the file, the problem and
   the fix) a model folder without one, a ``model.pt`` that is not the TorchScript's, and an ``inference.json`` whose
@@ -22,12 +23,9 @@ This module imports no MONAI Deploy code, so the project's venv (the tests) can 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
-import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE_ROOT = Path(os.environ.get("GDKVM_BUNDLE_ROOT") or REPO_ROOT / "bundle")  # the bundle's code and configs
-DESCRIPTION_FILE = "gdkvm_description.json"  # extra file of model.ts, beside metadata.json and inference.json
+DESCRIPTION_FILE = "gdkvm_description.json"  # scripts.export.DESCRIPTION_FILE (this module imports no bundle code)
 SETTING_KEYS = ("network_size", "update_rule", "kpff", "labels", "spatial_size", "keep_aspect")
 
 
@@ -75,20 +73,11 @@ def save_model_ts(
 ) -> Path:
     """Save ``scripted`` as ``out_dir/model.ts`` with the extra files ``metadata.json``, ``inference.json`` (as
     ``ckpt_export`` stores them: the JSON as it stands) and ``gdkvm_description.json``; written whole or not at all."""
-    from scripts.gdkvm.description import plain
+    bundle_importable()
+    from scripts.export import bundle_extra_files, save_scripted
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    extra = {
-        "metadata.json": json.dumps(json.loads(Path(metadata_file).read_text())),
-        "inference.json": json.dumps(json.loads(Path(config_file).read_text())),
-        DESCRIPTION_FILE: json.dumps(plain(dict(description)), sort_keys=True),
-    }
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
-        part = Path(tmp) / "model.ts"  # the archive's top folder is named after the file: "model"
-        torch.jit.save(scripted, str(part), _extra_files=extra)
-        part.replace(out_dir / "model.ts")
-    return out_dir / "model.ts"
+    extra = bundle_extra_files(config_file, metadata_file)
+    return save_scripted(scripted, Path(out_dir) / "model.ts", description, extra)
 
 
 def export(
@@ -110,20 +99,12 @@ def export(
             f"{ckpt}: does not say what it was trained with (saved before bundle 0.3.0): retrain it, or the app "
             "cannot know the network's input size and classes"
         )
-    net = build_network(ckpt)
-    path = save_model_ts(torch.jit.script(net.eval()), description, out, config_file=config_file)
+    from scripts.export import bundle_extra_files, export_torchscript
+
+    path = export_torchscript(build_network(ckpt), Path(out) / "model.ts", description, bundle_extra_files(config_file))
     if copy_checkpoint:
         shutil.copyfile(ckpt, Path(out) / "model.pt")
     return str(path)
-
-
-def _extra(path: Path, name: str) -> bytes | None:
-    """An extra file of a TorchScript archive (``<root>/extra/<name>``), or None."""
-    with zipfile.ZipFile(path) as archive:
-        for member in archive.namelist():
-            if member.endswith(f"/extra/{name}"):
-                return archive.read(member)
-    return None
 
 
 def find_model_ts(model_path: str | Path) -> Path:
@@ -161,14 +142,14 @@ def served_model(model_path: str | Path) -> ServedModel:
     """The model of a model folder with the settings it was trained with (see the module doc for the refusals)."""
     bundle_importable()
     from scripts.checkpoint import read_description, settings_of
+    from scripts.export import read_torchscript_description
     from scripts.gdkvm.description import differences, plain
 
     ts = find_model_ts(model_path)
     try:
-        text = _extra(ts, DESCRIPTION_FILE)
-    except zipfile.BadZipFile:
-        raise ModelRefused(f"{ts}: not a TorchScript file (not a zip archive)") from None
-    description = json.loads(text) if text else None
+        description = read_torchscript_description(ts)
+    except ValueError as e:
+        raise ModelRefused(str(e)) from None
     source = f"{ts} (extra/{DESCRIPTION_FILE})"
     pt = ts.with_name("model.pt")
     if pt.is_file():
