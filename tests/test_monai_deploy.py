@@ -227,6 +227,30 @@ def test_a_model_that_would_not_be_served_as_trained_is_refused(inputs: Path, be
     assert not out.exists() or not list(out.iterdir())
 
 
+def test_a_renamed_model_ts_is_served_and_one_without_a_bundle_config_refused(inputs: Path, tmp_path: Path) -> None:
+    """torch.jit.save names the archive's top folder after the file; renamed afterwards (saved as old_name.ts, served
+    as model.ts), the SDK's get_bundle_config found no config and every cine failed. A model.ts with a description but
+    no metadata.json/inference.json has no config to run with: refused before any cine is read."""
+    from scripts.export import bundle_extra_files, save_scripted
+
+    renamed = tmp_path / "renamed"
+    description = small_gdkvm().description()
+    save_scripted(torch.jit.script(BeatingLV()), renamed / "old_name.ts", description, bundle_extra_files())
+    (renamed / "old_name.ts").rename(renamed / "model.ts")
+    out = tmp_path / "out"
+    result = run_app(inputs / "apical.dcm", out, renamed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "apical_sr.dcm").is_file() and "1 SR(s) written, 0 failed" in result.stdout
+
+    no_config = tmp_path / "no_config"
+    save_scripted(torch.jit.script(BeatingLV()), no_config / "model.ts", description)
+    result = run_app(inputs / "apical.dcm", tmp_path / "out2", no_config)
+    assert result.returncode == 2, result.stderr[-3000:]
+    refusal = [line for line in result.stderr.splitlines() if line.startswith("model refused: ")]
+    assert len(refusal) == 1 and "no extra/metadata.json or extra/inference.json in the TorchScript" in refusal[0]
+    assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").iterdir())
+
+
 def test_export_writes_a_model_ts_that_describes_itself(tmp_path: Path) -> None:
     """``tools/monai_deploy/model_folder.py --ckpt model.pt --out DIR`` (``export``): ``DIR/model.ts`` computes what the
     checkpoint's network computes and carries its description, metadata.json and inference.json; ``served_model``

@@ -132,19 +132,31 @@ def export_torchscript(
         net.train(was_training)
 
 
+def read_torchscript_extra(path: str | Path, name: str) -> bytes | None:
+    """The extra file ``name`` of a TorchScript archive (``<top folder>/extra/<name>``), or None when it has none.
+
+    The top folder is whatever name the file was saved under (``torch.jit.save`` names it after the file), so a
+    renamed ``model.ts`` is read as well.
+
+    Raises:
+        ValueError: ``path`` is not a TorchScript archive (not a zip file).
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [m for m in archive.namelist() if m.endswith(f"/extra/{name}")]
+            return archive.read(names[0]) if names else None
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path}: not a TorchScript file (not a zip archive)") from None
+
+
 def read_torchscript_description(path: str | Path) -> dict[str, Any] | None:
     """The description stored by :func:`export_torchscript` in a TorchScript file, or None when it has none.
 
     Raises:
         ValueError: ``path`` is not a TorchScript archive (not a zip file), or its description is not JSON.
     """
-    path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [m for m in archive.namelist() if m.endswith(f"/extra/{DESCRIPTION_FILE}")]
-            text = archive.read(names[0]) if names else None
-    except zipfile.BadZipFile:
-        raise ValueError(f"{path}: not a TorchScript file (not a zip archive)") from None
+    text = read_torchscript_extra(path, DESCRIPTION_FILE)
     if text is None:
         return None
     try:

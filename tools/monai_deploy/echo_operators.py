@@ -22,12 +22,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from model_folder import BUNDLE_ROOT, SETTING_KEYS, ServedModel, bundle_importable, check_config
+from model_folder import BUNDLE_ROOT, SETTING_KEYS, ModelRefused, ServedModel, bundle_importable, check_config
 from monai.deploy.core import Fragment, Operator, OperatorSpec
-from monai.deploy.operators.monai_bundle_inference_operator import (
-    MonaiBundleInferenceOperator,
-    get_bundle_config,
-)
+from monai.deploy.operators.monai_bundle_inference_operator import MonaiBundleInferenceOperator
 
 bundle_importable()
 
@@ -156,11 +153,30 @@ class CineLoaderOperator(Operator):
 
 
 def bundle_config(served: ServedModel) -> Any:
-    """The bundle config stored in ``model.ts`` (``extra/metadata.json`` + ``extra/inference.json``, read by the SDK's
-    ``get_bundle_config``), pointed at this repository's ``bundle/`` for its code and given the trained settings of
-    the model instead of reading them from ``models/model.pt``; :class:`model_folder.ModelRefused` when the config would
-    serve the model otherwise than it was trained."""
-    parser = get_bundle_config(str(served.path), ["inference"])
+    """The bundle config stored in ``model.ts`` (``extra/metadata.json`` + ``extra/inference.json``), pointed at this
+    repository's ``bundle/`` for its code and given the trained settings of the model instead of reading them from
+    ``models/model.pt``; :class:`model_folder.ModelRefused` when the file holds no such config or when the config would
+    serve the model otherwise than it was trained.
+
+    The files are read wherever the archive keeps them: the SDK's ``get_bundle_config`` finds them only under a top
+    folder named after the file (``model/extra/...`` for ``model.ts``); for a renamed file (``torch.jit.save`` named
+    the folder after the old name) it returned an empty config without an error (monai-deploy-app-sdk 4.0.0).
+    """
+    from monai.bundle import ConfigParser
+
+    from scripts.export import read_torchscript_extra
+
+    texts = {name: read_torchscript_extra(served.path, name) for name in ("metadata.json", "inference.json")}
+    missing = [f"extra/{name}" for name, text in texts.items() if not text]
+    if missing:
+        raise ModelRefused(
+            f"{served.path}: no {' or '.join(missing)} in the TorchScript file, so the app has no bundle config to "
+            "run it with: export it with tools/monai_deploy/model_folder.py --ckpt <model.pt> --out <model folder>"
+        )
+    parser = ConfigParser()
+    parser.read_meta(f=json.loads(texts["metadata.json"]))
+    parser.read_config(f=json.loads(texts["inference.json"]))
+    parser.parse()
     parser["bundle_root"] = str(BUNDLE_ROOT)
     parser["ckpt_dir"] = str(served.path.parent)
     parser["trained"] = dict(served.settings)  # was: scripts.checkpoint.trained_settings(<ckpt_dir>/model.pt)
