@@ -90,6 +90,33 @@ def test_compiled_engine_matches_forward_on_cpu(net, caplog) -> None:
     assert not torch.allclose(step[0], expected[0, ..., 0], atol=1e-3)  # row 0 kept its 4 frames of memory
 
 
+def test_compiled_engines_past_dynamos_limit_say_they_run_eager(net, caplog, monkeypatch) -> None:
+    """Dynamo compiles the step once per frame size; past its recompile limit it would run the step uncompiled while
+    the engine said "compile". Engines of a size already compiled reuse it; a new size past the limit runs eagerly and
+    says so. (Dynamo's eager backend stands in for Inductor: the same tracing and guards, no C++ compile.)"""
+    import torch._dynamo
+
+    import scripts.streaming as streaming
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda function, **kw: real_compile(function, backend="eager", dynamic=False))
+    monkeypatch.setattr(streaming, "COMPILED_ENGINES_LIMIT", 2)
+    torch._dynamo.reset()
+    try:
+        first, second = (StreamingEngine(net, 1, 16 * k, 16, backend="compile") for k in (1, 2))
+        again = StreamingEngine(net, 1, 16, 16, backend="compile")  # the first size: no new compilation
+        assert (first.mode, second.mode, again.mode) == ("compile", "compile", "compile")
+        with caplog.at_level(logging.INFO, logger="scripts.streaming"):
+            third = StreamingEngine(net, 1, 48, 16, backend="compile")
+        assert third.mode == "eager" and "recompile" in third.fallback_reason.lower(), third.fallback_reason
+        assert any("eager per-frame step (torch.compile failed" in r.getMessage() for r in caplog.records)
+        video = torch.rand(1, 1, 48, 16, 3)
+        with torch.no_grad():
+            assert torch.equal(third.run(video), net(video))
+    finally:
+        torch._dynamo.reset()
+
+
 def test_engine_runs_eager_and_says_why_when_compilation_fails(net, caplog, monkeypatch) -> None:
     def broken_compile(function, **kwargs):
         def compiled(*args):

@@ -43,6 +43,10 @@ PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torc
 # auto: a CUDA graph on a CUDA device, eager elsewhere; cuda_graph: capture one step; compile: torch.compile's
 # reduce-overhead mode (CUDA graphs of Inductor kernels on a GPU); eager: the plain step
 BACKENDS = ("auto", "cuda_graph", "compile", "eager")
+# Dynamo compiles the step once per distinct (batch, frame size, precision) in a process and, past its
+# recompile_limit (8 by default), silently runs the step uncompiled; engines raise the limit to this while compiling
+# and fall back to eager, saying so, when it is reached
+COMPILED_ENGINES_LIMIT = 64
 
 
 def _precision_dtype(precision: str | torch.dtype) -> torch.dtype:
@@ -244,9 +248,10 @@ class StreamingEngine:
 
     def _compile(self, warmup: int) -> None:
         """Compile the step and run ``warmup`` steps (compiling, then recording); eager, saying why, if that fails."""
+        limits = {"recompile_limit": COMPILED_ENGINES_LIMIT, "fail_on_recompile_limit_hit": True}
         try:
             self._compiled = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
-            with self._context():
+            with self._context(), torch._dynamo.config.patch(**limits):
                 for _ in range(warmup):
                     self._compiled_step()
             self.mode = "compile"
