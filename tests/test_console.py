@@ -45,3 +45,71 @@ def test_training_on_a_missing_dataset_folder_is_one_line(tmp_path, traceback_wa
         assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
             f"error: {missing}: CAMUS folder not found (GDKVM_TRACEBACK=1 shows the traceback)"
         ]
+
+
+def test_a_corrupt_file_in_the_evaluation_set_ends_with_one_line_and_status_1(tmp_path) -> None:
+    """A truncated cine among the test patients: the file and the problem in one line, exit status 1 (the loader
+    threads of MONAI's CacheDataset made Python's shutdown abort with status 134 after the message), nothing
+    written."""
+    import torch
+    from fixtures_echo import write_camus_nifti
+
+    from scripts.gdkvm import GDKVM
+
+    data = write_camus_nifti(tmp_path / "camus", n_patients=6, T=16, reversed_ids=())
+    (data / "database_split" / "subgroup_testing.txt").write_text("".join(f"patient{i:04d}\n" for i in range(1, 7)))
+    broken = data / "database_nifti" / "patient0002" / "patient0002_4CH_half_sequence.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:3000])
+    (tmp_path / "models").mkdir()
+    trained_with = {"labels": "lv", "spatial_size": 64, "keep_aspect": True}
+    trained = GDKVM(size="small", out_channels=2, trained_with=trained_with)
+    torch.save(trained.state_dict(), tmp_path / "models" / "model.pt")
+    out = tmp_path / "eval"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
+         "['bundle/configs/train.json','bundle/configs/camus.json','bundle/configs/evaluate.json']",
+         "--dataset_dir", str(data), "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(out)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{broken}: not a readable nifti file, truncated or corrupt" in errors[0], errors
+    assert "terminate called" not in done.stderr
+    assert not out.exists() or not list(out.iterdir())
+
+
+BUSY_THREADS_SCRIPT = """
+import sys, threading, time
+sys.path.insert(0, "bundle")
+import torch
+from scripts.console import install_excepthook
+from scripts.data.errors import EchoDataError
+install_excepthook()
+def busy():  # what CacheDataset's loader threads do when another item's error ends the main thread
+    while True:
+        torch.nn.functional.interpolate(torch.rand(1, 1, 256, 256), size=(1024, 1024), mode="bilinear")
+for _ in range(2):
+    threading.Thread(target=busy, daemon=True).start()
+time.sleep(0.3)
+try:
+    raise EchoDataError("/data/x.nii.gz", "not a readable nifti file")
+except EchoDataError as e:
+    raise RuntimeError("Failed to instantiate component") from e
+"""
+
+
+@pytest.mark.parametrize("traceback_wanted", [False, True])
+def test_bad_input_ends_with_status_1_while_loader_threads_run(traceback_wanted) -> None:
+    """Python's shutdown with threads inside torch operations aborted (status 134, "terminate called without an
+    active exception") after the message; the hook ends the process with status 1 instead."""
+    env = {k: v for k, v in os.environ.items() if k != "GDKVM_TRACEBACK"}
+    if traceback_wanted:
+        env["GDKVM_TRACEBACK"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", BUSY_THREADS_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
+    assert "/data/x.nii.gz: not a readable nifti file" in done.stderr
+    assert ("Traceback" in done.stderr) == traceback_wanted

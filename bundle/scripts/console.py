@@ -5,12 +5,19 @@ and prints the whole chain (60 lines and more) with the useful message in the mi
 calls :func:`install_excepthook`: an uncaught exception whose chain holds a :class:`scripts.data.EchoDataError`
 (a missing data folder, an unreadable file) then ends the command with ``error: <file>: <problem>`` and exit status
 1. Any other exception keeps Python's traceback, and ``GDKVM_TRACEBACK=1`` keeps it for these too.
+
+An error raised while MONAI's ``CacheDataset`` fills its cache leaves its ``ThreadPool`` workers running transforms
+(torch operations) when the main thread ends; Python's shutdown then aborted the process (``terminate called
+without an active exception``, exit status 134) after the message. So when other threads are still alive, the hook
+flushes the streams and the log handlers and ends the process at once with status 1.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
 from types import TracebackType
 
 from scripts.data.errors import EchoDataError
@@ -37,8 +44,13 @@ def _excepthook(kind: type[BaseException], error: BaseException, trace: Tracebac
     found = echo_data_error_in(error)
     if found is None or os.environ.get("GDKVM_TRACEBACK"):
         sys.__excepthook__(kind, error, trace)
-        return
-    print(f"error: {found} (GDKVM_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+    else:
+        print(f"error: {found} (GDKVM_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+    if threading.active_count() > 1:  # e.g. CacheDataset's loader threads: shutting down around them aborts
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def install_excepthook() -> None:
