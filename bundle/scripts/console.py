@@ -9,7 +9,7 @@ calls :func:`install_excepthook`: an uncaught exception whose chain holds a :cla
 An error raised while MONAI's ``CacheDataset`` fills its cache leaves its ``ThreadPool`` workers running transforms
 (torch operations) when the main thread ends; Python's shutdown then aborted the process (``terminate called
 without an active exception``, exit status 134) after the message. So when other threads are still alive, the hook
-flushes the streams and the log handlers and ends the process at once with status 1.
+flushes the streams and the log handlers and ends the process at once with status 1 (130 after Ctrl-C, as Python).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _excepthook(kind: type[BaseException], error: BaseException, trace: Tracebac
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(1)
+        os._exit(130 if issubclass(kind, KeyboardInterrupt) else 1)
 
 
 def install_excepthook() -> None:

@@ -85,7 +85,7 @@ class StreamingEngine:
             CUDA graph on the third call); the state is reset after them.
 
     Attributes:
-        mode: what runs: ``"cuda_graph"``, ``"compile"`` or ``"eager"``.
+        backend: what was asked; mode: what runs: ``"cuda_graph"``, ``"compile"`` or ``"eager"``.
         memory: state buffer ``[B, N, Cv, Ck]`` (float32); prev_prob: state buffer ``[B, N, Hp, Wp]`` (float32).
 
     Example::
@@ -238,13 +238,15 @@ class StreamingEngine:
         """One step of the compiled function from the buffers into the buffers; returns new logits ``[B, K, H, W]``.
 
         The outputs of a reduce-overhead function live in its CUDA graph's memory pool and are overwritten by its next
-        call: the state is copied into the engine's buffers and the logits cloned before that."""
-        if self.device.type == "cuda":
+        call: the state is copied into the engine's buffers and the logits cloned before that (on CUDA only: on the
+        CPU each call returns new tensors)."""
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
             torch.compiler.cudagraph_mark_step_begin()
         logits, memory, prob = self._compiled(self.frame, self.memory, self.prev_prob)
         self.memory.copy_(memory)
         self.prev_prob.copy_(prob)
-        return logits.clone()
+        return logits.clone() if on_cuda else logits
 
     def _compile(self, warmup: int) -> None:
         """Compile the step and run ``warmup`` steps (compiling, then recording); eager, saying why, if that fails."""

@@ -22,11 +22,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from model_folder import BUNDLE_ROOT, SETTING_KEYS, ModelRefused, ServedModel, bundle_importable, check_config
+from model_folder import BUNDLE_ROOT, SETTING_KEYS, ModelRefused, ServedModel, check_config  # puts bundle/ on sys.path
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from monai.deploy.operators.monai_bundle_inference_operator import MonaiBundleInferenceOperator
-
-bundle_importable()
 
 # Transforms of the bundle's inference.json that touch files: the application reads and writes in its own operators.
 # The SDK's operator drops only LoadImage/SaveImage; the bundle's cine reader and writer have other names.

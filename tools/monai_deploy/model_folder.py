@@ -35,7 +35,6 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE_ROOT = Path(os.environ.get("GDKVM_BUNDLE_ROOT") or REPO_ROOT / "bundle")  # the bundle's code and configs
-DESCRIPTION_FILE = "gdkvm_description.json"  # scripts.export.DESCRIPTION_FILE (this module imports no bundle code)
 SETTING_KEYS = ("network_size", "update_rule", "kpff", "labels", "spatial_size", "keep_aspect")
 
 
@@ -43,6 +42,18 @@ def bundle_importable() -> None:
     """Put ``bundle/`` on ``sys.path`` so that ``scripts`` (the bundle's code) imports."""
     if str(BUNDLE_ROOT) not in sys.path:
         sys.path.insert(0, str(BUNDLE_ROOT))
+
+
+bundle_importable()
+from scripts.checkpoint import build_network, read_description, settings_of  # noqa: E402
+from scripts.export import (  # noqa: E402
+    DESCRIPTION_FILE,
+    bundle_extra_files,
+    export_torchscript,
+    read_torchscript_description,
+    save_scripted,
+)
+from scripts.gdkvm.description import differences, plain  # noqa: E402
 
 
 class ModelRefused(SystemExit):
@@ -73,9 +84,6 @@ def save_model_ts(
 ) -> Path:
     """Save ``scripted`` as ``out_dir/model.ts`` with the extra files ``metadata.json``, ``inference.json`` (as
     ``ckpt_export`` stores them: the JSON as it stands) and ``gdkvm_description.json``; written whole or not at all."""
-    bundle_importable()
-    from scripts.export import bundle_extra_files, save_scripted
-
     extra = bundle_extra_files(config_file, metadata_file)
     return save_scripted(scripted, Path(out_dir) / "model.ts", description, extra)
 
@@ -90,17 +98,12 @@ def export(
 
     ``copy_checkpoint=True`` also copies ``ckpt`` to ``<out>/model.pt`` (not needed: the description is inside).
     """
-    bundle_importable()
-    from scripts.checkpoint import build_network, read_description
-
     description = read_description(ckpt)
     if description is None:
         raise ModelRefused(
             f"{ckpt}: does not say what it was trained with (saved before bundle 0.3.0): retrain it, or the app "
             "cannot know the network's input size and classes"
         )
-    from scripts.export import bundle_extra_files, export_torchscript
-
     path = export_torchscript(build_network(ckpt), Path(out) / "model.ts", description, bundle_extra_files(config_file))
     if copy_checkpoint:
         shutil.copyfile(ckpt, Path(out) / "model.pt")
@@ -140,11 +143,6 @@ def _same_weights(ts_path: Path, pt_path: Path) -> str | None:
 
 def served_model(model_path: str | Path) -> ServedModel:
     """The model of a model folder with the settings it was trained with (see the module doc for the refusals)."""
-    bundle_importable()
-    from scripts.checkpoint import read_description, settings_of
-    from scripts.export import read_torchscript_description
-    from scripts.gdkvm.description import differences, plain
-
     ts = find_model_ts(model_path)
     try:
         description = read_torchscript_description(ts)
@@ -197,8 +195,6 @@ def check_config(served: ServedModel, resolved: Mapping[str, Any]) -> None:
 
     ``resolved``: ``{key: value}`` of :data:`SETTING_KEYS` as the config resolves them.
     """
-    from scripts.gdkvm.description import plain
-
     found = [
         (k, served.settings[k], resolved[k])
         for k in SETTING_KEYS
