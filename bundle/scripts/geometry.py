@@ -37,6 +37,7 @@ from scripts.data.video_io import cine_format, load_cine
 __all__ = [
     "image_nifti_like_label",
     "label_nifti_like_input",
+    "labels_from_nifti_like_input",
     "resize_labels",
     "restore_labels",
     "source_affine",
@@ -171,6 +172,40 @@ def label_nifti_like_input(labels_HWT: np.ndarray, source: str | Path, meta: Map
     """
     labels = uncrop(np.asarray(labels_HWT).astype(np.uint8), {**meta, "filename_or_obj": str(source)})
     return _nifti_like_input(labels, source, meta)
+
+
+def labels_from_nifti_like_input(label_path: str | Path, source: str | Path, meta: Mapping[str, Any]) -> np.ndarray:
+    """Read a label NIfTI laid out as :func:`label_nifti_like_input` writes it back onto the segmented region.
+
+    The inverse of :func:`label_nifti_like_input`: a label a user corrected in a viewer (the ``<stem>_seg.nii.gz``
+    of an earlier run, or MONAI Label's) comes back as uint8 ``[h, w, T]`` on the image :func:`load_cine` returns
+    for ``source`` (a DICOM's ultrasound region).
+
+    Raises:
+        EchoDataError: naming ``label_path``, when it cannot be read, its shape is not the source's whole frame
+            ``(W, H, T)`` (or a NIfTI source's own layout), or its values are not integer labels 0..3.
+    """
+    from scripts.data.errors import check_label
+
+    try:
+        data = np.asarray(nib.load(str(label_path)).dataobj)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to the user
+        raise EchoDataError(label_path, f"cannot read the label NIfTI ({type(e).__name__}: {e})") from e
+    height, width, frames = (int(s) for s in meta["original_shape"])
+    if data.ndim == 4 and data.shape[2] == 1:  # a NIfTI source stored (x, y, 1, t)
+        data = data[:, :, 0]
+    if data.shape != (width, height, frames):
+        raise EchoDataError(
+            label_path,
+            f"label of shape {data.shape} does not lie on {source}: expected its whole frame (W, H, T) = "
+            f"{(width, height, frames)}",
+        )
+    labels = check_label(np.ascontiguousarray(np.transpose(data, (1, 0, 2))), label_path)
+    crop = meta.get("crop")
+    if crop is not None:
+        y0, y1, x0, x1 = (int(c) for c in crop)
+        labels = np.ascontiguousarray(labels[y0:y1, x0:x1])
+    return labels
 
 
 def image_nifti_like_label(

@@ -26,6 +26,7 @@ from scripts.data.video_io import load_cine
 from scripts.geometry import (  # noqa: F401  (re-exported: scripts.inference.restore_labels etc. keep working)
     image_nifti_like_label,
     label_nifti_like_input,
+    labels_from_nifti_like_input,
     resize_labels,
     restore_labels,
 )
@@ -187,12 +188,26 @@ class SaveCineResultd(MapTransform):
         source = d.get("source") or (image.meta["filename_or_obj"] if hasattr(image, "meta") else None)
         if not source:
             raise KeyError("SaveCineResultd needs the input path in 'source' or in the image's filename_or_obj")
+        corrected = d.get("corrected_frames")
+        corrections = None
+        if corrected is not None:
+            corrections = (str(d["corrections_file"]), [int(f) for f in np.asarray(corrected).reshape(-1)])
         for key in self.key_iterator(d):
-            d[f"{key}_files"] = self.write(d[key], source, d.get("output_stem"))
+            d[f"{key}_files"] = self.write(d[key], source, d.get("output_stem"), corrections)
         return d
 
-    def write(self, pred: Any, source: str | Path, stem: str | None = None) -> dict[str, str]:
+    def write(
+        self,
+        pred: Any,
+        source: str | Path,
+        stem: str | None = None,
+        corrections: tuple[str, Sequence[int]] | None = None,
+    ) -> dict[str, str]:
         """Write the outputs of ``pred`` (``[1, h, w, T]`` or ``[h, w, T]``) for the input file ``source``.
+
+        ``corrections``: ``(label file, corrected frames)`` of a user's corrections
+        (:class:`scripts.corrections.LoadCorrectionsd`): those frames are written exactly as drawn, at the source's
+        resolution, and the JSON lists them as ``corrected_frames``.
 
         Returns:
             ``{"label": path, "summary": path, ...}``: every file written (``image``, ``csv``, ``json``, ``png``,
@@ -208,6 +223,9 @@ class SaveCineResultd(MapTransform):
         if pred_hwt.shape[-1] != original.shape[-1]:
             raise EchoDataError(source, f"prediction has {pred_hwt.shape[-1]} frames, input has {original.shape[-1]}")
         labels = restore_labels(pred_hwt, original.shape[0], original.shape[1], meta["spacing"], self.keep_aspect)
+        if corrections is not None:
+            drawn = labels_from_nifti_like_input(corrections[0], source, meta)
+            labels[..., list(corrections[1])] = drawn[..., list(corrections[1])]
         stem = stem or output_stem(source)
         spacing = tuple(float(s) for s in meta["spacing"])
         known = bool(meta.get("spacing_known", all(math.isfinite(s) for s in spacing)))
@@ -243,6 +261,9 @@ class SaveCineResultd(MapTransform):
             "reason": report["reason"],
             "lv_postprocessing": "largest connected LV component per frame (measurements only; the NIfTI is raw)",
         }
+        if corrections is not None:
+            summary["corrected_frames"] = list(corrections[1])
+            summary["corrections_file"] = corrections[0]
         json_path = summary_path(self.output_dir, stem)
         out_dir, name = json_path.parent, Path(stem).name
         out_dir.mkdir(parents=True, exist_ok=True)

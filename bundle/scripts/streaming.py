@@ -402,7 +402,16 @@ class StreamingInferer(Inferer):
         self._said_unsupported = False
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """``inputs [B, 1, H, W, T]`` -> logits ``[B, K, H, W, T]``."""
+        """``inputs [B, 1, H, W, T]`` -> logits ``[B, K, H, W, T]``.
+
+        With ``corrections_HWT`` and ``corrected_frames`` (a user's corrections, see :mod:`scripts.corrections`) the
+        cine is segmented by :func:`scripts.corrections.segment_with_corrections` (eager, whatever the backend).
+        """
+        if "corrections_HWT" in kwargs:
+            from scripts.corrections import segment_with_corrections
+
+            video = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
+            return segment_with_corrections(network, video, kwargs["corrections_HWT"], kwargs["corrected_frames"])
         if not self.enabled:
             return network(inputs, *args, **kwargs)
         if not supports_engine(network):

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from scripts.checkpoint import config_key
@@ -55,14 +56,37 @@ class PrepareClipBatch:
     """``prepare_batch`` for MONAI engines: ``(image [B, 1, H, W, T], label [B, 1, H, W, T] long)``.
 
     Frames outside the supervised set get :data:`IGNORE_LABEL` in every pixel of the returned label.
+
+    ``given_mask_prob > 0`` (training only; off in the paper's recipe): each annotated frame but the clip's last is,
+    with this probability, followed by its true mask as the next frame's previous-mask input (perturbed with
+    probability ``perturb_prob``: shifted by up to 3 px and grown or shrunk by 1-2 px, as a user's rough correction
+    would be), so that the value encoder learns to use the mask it is given. The batch is then
+    ``(image, label, (), {"given_masks_BNHWT": ..., "given_frames_BT": ...})``, which ``SupervisedTrainer`` passes
+    through its inferer to :meth:`scripts.gdkvm.GDKVM.forward`. Draws use torch's global generator (reseeded every
+    epoch by :class:`EpochSeeder`, so a resumed run draws the same).
     """
 
-    def __init__(self, mode: str = "annotated", image_key: str = "image", label_key: str = "label") -> None:
+    def __init__(
+        self,
+        mode: str = "annotated",
+        image_key: str = "image",
+        label_key: str = "label",
+        given_mask_prob: float = 0.0,
+        perturb_prob: float = 0.5,
+        num_objects: int = 1,
+    ) -> None:
         if mode not in SUPERVISION_MODES:
             raise ValueError(f"unknown supervision mode {mode!r}; expected one of {SUPERVISION_MODES}")
+        if not (0.0 <= given_mask_prob <= 1.0 and 0.0 <= perturb_prob <= 1.0):
+            raise ValueError(
+                f"given_mask_prob and perturb_prob must be in [0, 1], got {given_mask_prob}, {perturb_prob}"
+            )
         self.mode = mode
         self.image_key = image_key
         self.label_key = label_key
+        self.given_mask_prob = float(given_mask_prob)
+        self.perturb_prob = float(perturb_prob)
+        self.num_objects = int(num_objects)
 
     def __call__(
         self,
@@ -70,14 +94,54 @@ class PrepareClipBatch:
         device: str | torch.device | None = None,
         non_blocking: bool = False,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, tuple, dict[str, torch.Tensor]]:
         # Plain tensors: MetaTensor's per-operation bookkeeping slows a recurrent network down several-fold.
         image = _plain(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking, **kwargs)
         label = _plain(batchdata[self.label_key]).long()
         frames = torch.as_tensor(batchdata["label_frames"]).bool().reshape(label.shape[0], label.shape[-1])
         supervised = supervised_frame_mask(frames, self.mode)
+        given = None
+        if self.given_mask_prob > 0:
+            given = given_true_masks(label, frames, self.num_objects, self.given_mask_prob, self.perturb_prob)
         label = label.masked_fill(~supervised[:, None, None, None, :], IGNORE_LABEL)
-        return image, label.to(device=device, non_blocking=non_blocking)
+        label = label.to(device=device, non_blocking=non_blocking)
+        if given is None:
+            return image, label
+        masks, flags = given
+        extra = {"given_masks_BNHWT": masks.to(device=device), "given_frames_BT": flags.to(device=device)}
+        return image, label, (), extra
+
+
+def given_true_masks(
+    label_B1HWT: torch.Tensor, annotated_BT: torch.Tensor, num_objects: int, prob: float, perturb_prob: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw the frames whose true mask becomes the next previous mask (see :class:`PrepareClipBatch`).
+
+    Returns:
+        ``masks [B, N, H, W, T]`` float (one-hot of labels 1..N, some perturbed) and ``flags [B, T]`` bool (annotated
+        frames drawn with probability ``prob``; never the last frame, whose mask would feed nothing).
+    """
+    objects = torch.arange(1, num_objects + 1, device=label_B1HWT.device).view(1, -1, 1, 1, 1)
+    masks = (label_B1HWT == objects).float()
+    flags = annotated_BT & (torch.rand(annotated_BT.shape) < prob)
+    flags[:, -1] = False
+    b, n, h, w, t = masks.shape
+    frames = masks.permute(0, 4, 1, 2, 3).reshape(b * t, n, h, w)
+    chosen = (flags.reshape(-1) & (torch.rand(b * t) < perturb_prob)).nonzero().flatten().tolist()
+    for i in chosen:
+        frames[i] = perturb_mask(frames[i])
+    return frames.reshape(b, t, n, h, w).permute(0, 2, 3, 4, 1).contiguous(), flags
+
+
+def perturb_mask(mask_NHW: torch.Tensor, max_shift: int = 3) -> torch.Tensor:
+    """A rough copy of a ``[N, H, W]`` binary mask: shifted by up to ``max_shift`` px, then grown or shrunk 1-2 px."""
+    dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,)))
+    shifted = torch.roll(mask_NHW, shifts=(dy, dx), dims=(-2, -1))
+    radius = int(torch.randint(1, 3, (1,)))
+    kernel = 2 * radius + 1
+    if bool(torch.rand(1) < 0.5):
+        return F.max_pool2d(shifted[None], kernel, stride=1, padding=radius)[0]
+    return 1.0 - F.max_pool2d(1.0 - shifted[None], kernel, stride=1, padding=radius)[0]
 
 
 def _plain(tensor: Any) -> torch.Tensor:
@@ -86,7 +150,12 @@ def _plain(tensor: Any) -> torch.Tensor:
 
 
 class PrepareImageBatch:
-    """``prepare_batch`` for inference engines: ``(image [B, 1, H, W, T] plain tensor, None)``."""
+    """``prepare_batch`` for inference engines: ``(image [B, 1, H, W, T] plain tensor, None)``.
+
+    With a user's corrections in the batch (``corrections`` ``[1, 1, H, W, T]`` and ``corrected_frames`` ``[1, F]``,
+    from :class:`scripts.corrections.LoadCorrectionsd`): ``(image, None, (), {"corrections_HWT", "corrected_frames"})``,
+    which the inferer passes on.
+    """
 
     def __init__(self, image_key: str = "image") -> None:
         self.image_key = image_key
@@ -97,8 +166,15 @@ class PrepareImageBatch:
         device: str | torch.device | None = None,
         non_blocking: bool = False,
         **kwargs,
-    ) -> tuple[torch.Tensor, None]:
-        return _plain(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking, **kwargs), None
+    ) -> tuple[torch.Tensor, None] | tuple[torch.Tensor, None, tuple, dict[str, Any]]:
+        image = _plain(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking, **kwargs)
+        if "corrections" not in batchdata:
+            return image, None
+        if image.shape[0] != 1:
+            raise ValueError(f"corrections need one cine per batch, got a batch of {image.shape[0]}")
+        corrections = _plain(batchdata["corrections"])[0, 0].to(device=device)
+        frames = [int(f) for f in torch.as_tensor(batchdata["corrected_frames"]).reshape(-1)]
+        return image, None, (), {"corrections_HWT": corrections, "corrected_frames": frames}
 
 
 def gather_supervised_frames(pred_BKHWT: torch.Tensor, label_B1HWT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

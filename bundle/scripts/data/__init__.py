@@ -9,6 +9,7 @@ from .camus import LoadCamusd, camus_datalist, read_info_cfg, read_split
 from .echonet import LoadEchoNetd, echonet_datalist, read_volume_tracings, trace_to_mask
 from .errors import EchoDataError
 from .transforms import (
+    RandClipd,
     RandContrastCined,
     RandGammaCined,
     RandRotateCined,
@@ -25,6 +26,7 @@ __all__ = [
     "LoadCamusd",
     "LoadCined",
     "LoadEchoNetd",
+    "RandClipd",
     "RandContrastCined",
     "RandGammaCined",
     "RandRotateCined",

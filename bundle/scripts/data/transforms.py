@@ -22,6 +22,7 @@ __all__ = [
     "RandContrastCined",
     "RandGammaCined",
     "RandRotateCined",
+    "RandClipd",
     "RandScaleCined",
     "ResizeCined",
     "SampleClipd",
@@ -69,12 +70,25 @@ def _plain(value: Any) -> torch.Tensor:
     return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
 
 
+def _index_time(d: dict[Hashable, Any], keys: Any, idx: np.ndarray, n_total: int) -> None:
+    """Index the last axis of ``keys`` and the time axis of ``label_frames``, ``occluded``, ``frame_indices``."""
+    t_idx = torch.as_tensor(idx)
+    for key in keys:
+        d[key] = _rewrap(d[key], _plain(d[key])[..., t_idx])
+    if "label_frames" in d:
+        d["label_frames"] = np.asarray(d["label_frames"], dtype=bool)[idx]
+    if "occluded" in d:
+        d["occluded"] = np.asarray(d["occluded"], dtype=np.int8)[idx]
+    d["frame_indices"] = np.asarray(d.get("frame_indices", np.arange(n_total)))[idx]
+
+
 class SampleClipd(MapTransform):
     """Take ``num_frames`` frames from ``d["ed_index"]`` to ``d["es_index"]`` (see ``clip_frame_indices``).
 
     Indexes the last axis of each key (``[C, H, W, T]`` -> ``[C, H, W, num_frames]``), of ``label_frames``
     (``[T]`` bool; for EchoNet only the first and last sampled frames are annotated) and of ``occluded``, maps
     ``frame_indices`` to the file's frame numbers, and sets ``ed_index = 0``, ``es_index = num_frames - 1``.
+    ``mode="whole"`` keeps the cine as it is (every frame at its own frame rate: what inference sees).
     """
 
     def __init__(
@@ -85,24 +99,68 @@ class SampleClipd(MapTransform):
         allow_missing_keys: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if mode not in ("linear", "forward", "whole"):
+            raise ValueError(f"mode must be 'linear', 'forward' or 'whole', got {mode!r}")
         self.num_frames, self.mode = num_frames, mode
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        if self.mode == "whole":
+            return d
         first = next(iter(self.key_iterator(d)))
         n_total = d[first].shape[-1]
         idx = clip_frame_indices(int(d["ed_index"]), int(d["es_index"]), self.num_frames, n_total, self.mode)
         if idx.min() < 0 or idx.max() >= n_total:
             raise ValueError(f"{d.get('image')}: ED/ES {d['ed_index']}/{d['es_index']} outside {n_total} frames")
-        t_idx = torch.as_tensor(idx)
-        for key in self.key_iterator(d):
-            d[key] = _rewrap(d[key], _plain(d[key])[..., t_idx])
-        if "label_frames" in d:
-            d["label_frames"] = np.asarray(d["label_frames"], dtype=bool)[idx]
-        if "occluded" in d:
-            d["occluded"] = np.asarray(d["occluded"], dtype=np.int8)[idx]
-        d["frame_indices"] = np.asarray(d.get("frame_indices", np.arange(n_total)))[idx]
+        _index_time(d, list(self.key_iterator(d)), idx, n_total)
         d["ed_index"], d["es_index"] = 0, self.num_frames - 1
+        return d
+
+
+class RandClipd(RandomizableTransform, MapTransform):
+    """Random clips of a cine ``[C, H, W, T]`` at its own frame step, and time reversal (training augmentations).
+
+    ``consecutive=True``: ``num_frames`` consecutive frames from a random start (the whole cine when it is shorter),
+    so the network trains on what inference sees: the real frame-to-frame motion, contraction and filling, not a
+    clip resampled from ED to ES. Then, with probability ``reverse_prob``, the clip is played backwards. ED/ES
+    positions follow (``-1`` when the clip does not hold them); ``label_frames``, ``occluded`` and
+    ``frame_indices`` are indexed the same way. ``consecutive=False, reverse_prob=0`` passes the clip through.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        num_frames: int = 10,
+        consecutive: bool = True,
+        reverse_prob: float = 0.0,
+        allow_missing_keys: bool = True,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if not 0.0 <= reverse_prob <= 1.0:
+            raise ValueError(f"reverse_prob must be in [0, 1], got {reverse_prob}")
+        self.num_frames, self.consecutive, self.reverse_prob = num_frames, bool(consecutive), float(reverse_prob)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        first = next(iter(self.key_iterator(d)))
+        n_total = d[first].shape[-1]
+        idx = np.arange(n_total, dtype=np.int64)
+        if self.consecutive:
+            length = min(self.num_frames, n_total)
+            start = int(self.R.randint(0, n_total - length + 1))
+            idx = idx[start : start + length]
+        if self.reverse_prob > 0 and self.R.rand() < self.reverse_prob:
+            idx = idx[::-1].copy()
+        if len(idx) == n_total and (n_total < 2 or idx[0] == 0):
+            return d
+        _index_time(d, list(self.key_iterator(d)), idx, n_total)
+        for key in ("ed_index", "es_index"):
+            if key in d:
+                where = np.flatnonzero(idx == int(d[key]))
+                d[key] = int(where[0]) if where.size else -1
         return d
 
 

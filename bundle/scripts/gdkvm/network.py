@@ -219,24 +219,56 @@ class GDKVM(SelfDescribingModule):
         logits, memory, prev_prob = self._step_padded(_pad_frame(frame_B1HW), state.memory, state.prev_prob)
         return logits[..., :height, :width], GDKVMState(memory, prev_prob)
 
-    def forward(self, video_B1HWT: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        video_B1HWT: torch.Tensor,
+        given_masks_BNHWT: torch.Tensor | None = None,
+        given_frames_BT: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Segment a cine loop frame by frame.
 
         Args:
             video_B1HWT: ``[B, 1, H, W, T]`` float in [0, 1], any H, W and T >= 1.
+            given_masks_BNHWT: optional masks of the N objects, ``[B, N, H, W, T]`` float in [0, 1] (one-hot of the
+                labels 1..N, or probabilities): a user's correction, or the truth fed on purpose in training.
+            given_frames_BT: ``[B, T]`` bool, where ``given_masks_BNHWT`` holds a mask. After such a frame t the
+                next frame's previous-mask input is ``given_masks[..., t]`` instead of the network's own prediction
+                (the memory write of frame t itself and its logits are unchanged). Both or neither must be given.
 
         Returns:
             logits ``[B, K, H, W, T]``.
         """
         _check_video(video_B1HWT, "GDKVM")
         height, width = video_B1HWT.shape[2], video_B1HWT.shape[3]
+        _check_given(given_masks_BNHWT, given_frames_BT, video_B1HWT, self.num_objects)
         state = self.init_state(video_B1HWT.shape[0], height, width, video_B1HWT.device, video_B1HWT.dtype)
         memory, prev_prob = state.memory, state.prev_prob
         outputs: list[torch.Tensor] = []
         for t in range(video_B1HWT.shape[-1]):
             logits, memory, prev_prob = self._step_padded(_pad_frame(video_B1HWT[..., t]), memory, prev_prob)
             outputs.append(logits[..., :height, :width])
+            if given_masks_BNHWT is not None and given_frames_BT is not None:
+                given_B = given_frames_BT[:, t].to(prev_prob.dtype).view(-1, 1, 1, 1)
+                given_BNHW = _pad_frame(given_masks_BNHWT[..., t].to(prev_prob.dtype))
+                prev_prob = given_B * given_BNHW + (1.0 - given_B) * prev_prob
         return torch.stack(outputs, dim=-1)
+
+    def give_mask(self, state: GDKVMState, mask_BNHW: torch.Tensor) -> GDKVMState:
+        """The state with ``mask_BNHW`` (``[B, N, H, W]`` in [0, 1], unpadded) as the next frame's previous mask.
+
+        The streaming form of ``forward``'s ``given_masks_BNHWT``: a mask an annotator drew on the frame just stepped.
+        """
+        if mask_BNHW.ndim != 4 or mask_BNHW.shape[1] != self.num_objects:
+            raise ValueError(
+                f"give_mask expects [B, {self.num_objects}, H, W] object masks, got {_shape_text(mask_BNHW.shape)}"
+            )
+        padded = _pad_frame(mask_BNHW.to(state.prev_prob.dtype))
+        if padded.shape != state.prev_prob.shape:
+            raise ValueError(
+                f"give_mask: mask {_shape_text(mask_BNHW.shape)} does not fit the stream's previous mask "
+                f"{_shape_text(state.prev_prob.shape)} (padded)"
+            )
+        return GDKVMState(state.memory, padded)
 
     # ------------------------------------------------------------------ internals
     def encode_key(self, frame_B1HW: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -341,6 +373,28 @@ def _check_video(video_B1HWT: torch.Tensor, model: str) -> None:
         raise ValueError(f"{model} expects a video of shape [B, 1, H, W, T], got {_shape_text(video_B1HWT.shape)}")
     if video_B1HWT.shape[-1] < 1:
         raise ValueError(f"{model} needs at least one frame (T >= 1)")
+
+
+def _check_given(
+    given_masks_BNHWT: torch.Tensor | None, given_frames_BT: torch.Tensor | None, video_B1HWT: torch.Tensor, n: int
+) -> None:
+    """ValueError unless the given masks are ``[B, N, H, W, T]`` and the flags ``[B, T]`` of the video, or both None."""
+    if given_masks_BNHWT is None and given_frames_BT is None:
+        return
+    if given_masks_BNHWT is None or given_frames_BT is None:
+        raise ValueError("given_masks_BNHWT and given_frames_BT go together: pass both or neither")
+    b, h, w, t = video_B1HWT.shape[0], video_B1HWT.shape[2], video_B1HWT.shape[3], video_B1HWT.shape[4]
+    if list(given_masks_BNHWT.shape) != [b, n, h, w, t]:
+        raise ValueError(
+            "given_masks_BNHWT must be [B, N, H, W, T] = "
+            + _shape_text([b, n, h, w, t])
+            + ", got "
+            + _shape_text(given_masks_BNHWT.shape)
+        )
+    if list(given_frames_BT.shape) != [b, t]:
+        raise ValueError(
+            "given_frames_BT must be [B, T] = " + _shape_text([b, t]) + ", got " + _shape_text(given_frames_BT.shape)
+        )
 
 
 def _shape_text(shape: list[int]) -> str:

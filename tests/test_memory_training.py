@@ -1,0 +1,282 @@
+"""Making the memory carry information: given previous masks (training and corrections), clips at the cine's own
+frame step with time reversal, and corrections carried through a cine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from scripts.corrections import segment_with_corrections
+from scripts.data import RandClipd, SampleClipd
+from scripts.gdkvm import GDKVM
+from scripts.training import IGNORE_LABEL, PrepareClipBatch, given_true_masks, perturb_mask
+
+torch.set_num_threads(2)
+
+
+def small_net(classes: int = 2) -> GDKVM:
+    torch.manual_seed(0)
+    return GDKVM(size="small", out_channels=classes).eval()
+
+
+def plain_loop(net: GDKVM, video: torch.Tensor, masks: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """Reference: step frame by frame; after a flagged frame the given mask replaces the previous mask."""
+    state, outputs = None, []
+    for t in range(video.shape[-1]):
+        logits, state = net.step(video[..., t], state)
+        outputs.append(logits)
+        rows = []
+        for b in range(video.shape[0]):
+            prev = masks[b : b + 1, ..., t] if flags[b, t] else None
+            single = type(state)(state.memory[b : b + 1], state.prev_prob[b : b + 1])
+            rows.append(net.give_mask(single, prev) if prev is not None else single)
+        state = type(state)(torch.cat([r.memory for r in rows]), torch.cat([r.prev_prob for r in rows]))
+    return torch.stack(outputs, dim=-1)
+
+
+@torch.no_grad()
+def test_given_masks_replace_the_previous_mask_as_a_plain_loop_does() -> None:
+    net = small_net(classes=4)
+    video = torch.rand(2, 1, 36, 44, 5)
+    masks = torch.rand(2, 3, 36, 44, 5)
+    flags = torch.tensor([[False, True, False, True, False], [True, False, False, False, False]])
+    given = net(video, masks, flags)
+    torch.testing.assert_close(given, plain_loop(net, video, masks, flags), rtol=0, atol=1e-5)
+    plain = net(video)
+    torch.testing.assert_close(given[0, ..., :2], plain[0, ..., :2], rtol=0, atol=0)  # causal: before the mask
+    assert (given[0, ..., 2] - plain[0, ..., 2]).abs().max() > 0  # the frame after it sees the given mask
+    assert torch.equal(net(video, masks, torch.zeros(2, 5, dtype=torch.bool)), plain)  # nothing given: plain
+
+
+def test_given_masks_checked() -> None:
+    net = small_net()
+    video = torch.rand(1, 1, 32, 32, 3)
+    with pytest.raises(ValueError, match="pass both or neither"):
+        net(video, torch.rand(1, 1, 32, 32, 3))
+    with pytest.raises(ValueError, match=r"given_masks_BNHWT must be \[B, N, H, W, T\]"):
+        net(video, torch.rand(1, 2, 32, 32, 3), torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="give_mask expects"):
+        net.give_mask(net.init_state(1, 32, 32), torch.rand(1, 32, 32))
+
+
+@torch.no_grad()
+def test_given_masks_in_torchscript() -> None:
+    net = small_net()
+    scripted = torch.jit.script(net)
+    video, masks = torch.rand(1, 1, 32, 32, 3), torch.rand(1, 1, 32, 32, 3)
+    flags = torch.tensor([[True, False, False]])
+    torch.testing.assert_close(scripted(video, masks, flags), net(video, masks, flags), rtol=0, atol=1e-6)
+
+
+def cine(frames: int = 12) -> dict:
+    flags = np.isin(np.arange(frames), [2, 9])
+    image = MetaTensor(torch.arange(frames, dtype=torch.float32).view(1, 1, 1, frames).expand(1, 4, 4, frames))
+    return {
+        "image": image,
+        "label": torch.zeros(1, 4, 4, frames, dtype=torch.uint8),
+        "label_frames": flags,
+        "occluded": np.arange(frames, dtype=np.int8) % 2,
+        "ed_index": 2,
+        "es_index": min(9, frames - 1),
+    }
+
+
+def test_rand_clip_takes_consecutive_frames_at_the_cines_step() -> None:
+    clip = RandClipd(num_frames=5, consecutive=True)
+    clip.set_random_state(0)
+    starts = set()
+    for _ in range(40):
+        out = clip(cine())
+        order = out["image"][0, 0, 0].tolist()
+        assert np.diff(order).tolist() == [1.0] * 4  # consecutive, forward
+        starts.add(order[0])
+        assert out["frame_indices"].tolist() == order
+        assert out["occluded"].tolist() == [int(f) % 2 for f in order]
+        assert out["label_frames"].tolist() == [f in (2, 9) for f in order]
+        assert out["ed_index"] == (order.index(2) if 2 in order else -1)
+        assert out["es_index"] == (order.index(9) if 9 in order else -1)
+    assert starts == set(range(8))  # every start from 0 to 12 - 5
+    whole = RandClipd(num_frames=20, consecutive=True)(cine(6))  # shorter cine: all of it
+    assert whole["image"].shape[-1] == 6
+
+
+def test_rand_clip_time_reversal() -> None:
+    clip = RandClipd(num_frames=12, consecutive=False, reverse_prob=0.5)
+    clip.set_random_state(1)
+    seen = set()
+    for _ in range(30):
+        out = clip(cine())
+        order = tuple(out["image"][0, 0, 0].tolist())
+        seen.add(order == tuple(range(12))[::-1])
+        if order[0] == 11:
+            assert (out["ed_index"], out["es_index"]) == (9, 2)
+            assert out["label_frames"].tolist() == cine()["label_frames"][::-1].tolist()
+    assert seen == {True, False}
+    unchanged = RandClipd(num_frames=12, consecutive=False, reverse_prob=0.0)(cine())
+    assert unchanged["image"][0, 0, 0].tolist() == list(range(12))
+
+
+def test_sample_clip_whole_keeps_the_cine() -> None:
+    out = SampleClipd(num_frames=4, mode="whole")(cine())
+    assert out["image"].shape[-1] == 12 and (out["ed_index"], out["es_index"]) == (2, 9)
+    with pytest.raises(ValueError, match="mode must be"):
+        SampleClipd(mode="consecutive")
+
+
+def test_given_true_masks_only_after_annotated_frames() -> None:
+    torch.manual_seed(0)
+    label = torch.zeros(3, 1, 16, 16, 6, dtype=torch.long)
+    label[..., 4:12, 4:12, :] = 1
+    label[..., 0:3, 0:3, :] = 2
+    annotated = torch.tensor([[True] * 6, [True, False, True, False, True, False], [False] * 6])
+    masks, flags = given_true_masks(label, annotated, num_objects=2, prob=1.0, perturb_prob=0.0)
+    assert masks.shape == (3, 2, 16, 16, 6)
+    assert flags.tolist() == [[True] * 5 + [False], [True, False, True, False, True, False], [False] * 6]
+    torch.testing.assert_close(masks[:, 0], (label[:, 0] == 1).float())
+    torch.testing.assert_close(masks[:, 1], (label[:, 0] == 2).float())
+    _, none = given_true_masks(label, annotated, num_objects=2, prob=0.0, perturb_prob=0.0)
+    assert not none.any()
+
+
+def test_perturbed_mask_is_a_rough_copy() -> None:
+    torch.manual_seed(3)
+    mask = torch.zeros(1, 32, 32)
+    mask[0, 10:22, 8:20] = 1
+    for _ in range(10):
+        rough = perturb_mask(mask)
+        overlap = (rough * mask).sum() * 2 / (rough.sum() + mask.sum())
+        assert not torch.equal(rough, mask) and 0.4 < overlap < 1.0
+        assert set(rough.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_prepare_clip_batch_hands_given_masks_to_the_inferer() -> None:
+    batch = {
+        "image": torch.rand(2, 1, 16, 16, 5),
+        "label": torch.ones(2, 1, 16, 16, 5, dtype=torch.uint8),
+        "label_frames": torch.ones(2, 5, dtype=torch.bool),
+    }
+    assert len(PrepareClipBatch()(batch)) == 2  # the paper's recipe: (image, label) as before
+    torch.manual_seed(0)
+    image, label, args, kwargs = PrepareClipBatch(mode="first_last", given_mask_prob=1.0)(batch)
+    assert args == () and set(kwargs) == {"given_masks_BNHWT", "given_frames_BT"}
+    assert kwargs["given_frames_BT"][:, :-1].all() and not kwargs["given_frames_BT"][:, -1].any()
+    assert (label[..., 1:-1] == IGNORE_LABEL).all()  # supervision unchanged by the given masks
+    net = small_net()
+    with torch.no_grad():
+        assert net(image, **kwargs).shape == (2, 2, 16, 16, 5)
+
+
+@torch.no_grad()
+def test_corrections_carry_forward_and_backward() -> None:
+    net = small_net()
+    video = torch.rand(1, 1, 32, 32, 7)
+    drawn = torch.zeros(32, 32, 7, dtype=torch.long)
+    drawn[8:24, 10:22, :] = 1
+    logits = segment_with_corrections(net, video, drawn, [3, 5])
+    assert torch.equal(logits.argmax(1)[0][..., [3, 5]], drawn[..., [3, 5]])  # kept exactly as drawn
+    masks = (drawn == 1).float()[None, None]
+    forward_flags = torch.tensor([[False, False, False, True, False, True, False]])
+    forward = net(video, masks, forward_flags)
+    torch.testing.assert_close(logits[..., [4, 6]], forward[..., [4, 6]], rtol=0, atol=0)  # after: carried forward
+    back = torch.tensor([3, 2, 1, 0])
+    backward = net(video[..., back], masks[..., back], torch.tensor([[True, False, False, False]]))
+    torch.testing.assert_close(logits[..., [2, 1, 0]], backward[..., 1:], rtol=0, atol=0)  # before: cine reversed
+    assert torch.equal(segment_with_corrections(net, video), net(video))  # no corrections: plain inference
+
+
+def test_corrections_checked() -> None:
+    net = small_net()
+    video = torch.rand(1, 1, 16, 16, 4)
+    with pytest.raises(ValueError, match=r"outside the cine's 4 frames"):
+        segment_with_corrections(net, video, torch.zeros(16, 16, 4, dtype=torch.long), [4])
+    with pytest.raises(ValueError, match=r"corrections are \(16, 16, 3\)"):
+        segment_with_corrections(net, video, torch.zeros(16, 16, 3, dtype=torch.long), [0])
+    with pytest.raises(ValueError, match=r"correction labels \[3\] are not classes"):
+        segment_with_corrections(net, video, torch.full((16, 16, 4), 3, dtype=torch.long), [0])
+
+
+def test_training_recipe_options_through_the_bundle(tmp_path) -> None:
+    """train.json with clips at the cine's own step, time reversal and given masks: the trainer feeds them through."""
+    from test_bundle import tiny_overrides, workflow
+
+    from scripts.training import ensure_synthetic_data
+
+    data = ensure_synthetic_data(tmp_path / "data", patients=10, seed=3, size=64, progress=False)
+    overrides = tiny_overrides(tmp_path, Path(data))
+    overrides.update(clip_sampling="consecutive", clip_reverse_prob=0.5, given_mask_prob=0.5, num_iterations=4)
+    wf = workflow(["train.json", "small_cpu.json"], "train", overrides)
+    wf.initialize()
+    network = wf.parser.get_parsed_content("network")
+    seen: list[dict] = []
+    network.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append({"T": args[0].shape[-1], **kwargs}), with_kwargs=True
+    )
+    validation = wf.parser.get_parsed_content("validate#dataset")
+    wf.run()
+    wf.finalize()
+    training = [s for s in seen if "given_frames_BT" in s]
+    assert training and all(s["T"] == 4 for s in training)  # consecutive clips of num_frames
+    assert any(s["given_frames_BT"].any() for s in training)  # true masks given
+    whole = [int(item["image"].shape[-1]) for item in validation]
+    assert min(whole) >= 10 and len(set(whole)) > 1  # validation on whole cines at their own frame rate
+    assert wf.parser.get_parsed_content("eval_protocol") == "whole_cine"
+
+
+@pytest.mark.parametrize("kind", ["dicom_region", "nifti"])
+def test_corrections_through_inference_json(tmp_path, kind: str) -> None:
+    """A user corrects frames of the bundle's own label output; inference keeps them as drawn and records them."""
+    import json
+    import subprocess
+    import sys
+
+    import nibabel as nib
+    from fixtures_echo import phantom, save_nifti_hwt, write_dicom
+
+    repo = Path(__file__).resolve().parents[1]
+    data, models = tmp_path / "data", tmp_path / "models"
+    data.mkdir()
+    models.mkdir()
+    torch.manual_seed(0)
+    torch.save(GDKVM(size="small", out_channels=2).state_dict(), models / "model.pt")
+    cine = phantom(56, 48, 6, seed=5)[0]
+    if kind == "nifti":
+        source = data / "cine.nii.gz"
+        save_nifti_hwt(cine, source)
+    else:
+        source = write_dicom(data / "cine.dcm", np.moveaxis(cine, -1, 0), region=(4, 6, 44, 52))
+
+    def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json"]
+        command += ["--bundle_root", str(repo / "bundle"), "--dataset_dir", str(data), "--output_dir", str(out)]
+        command += ["--ckpt_dir", str(models), "--network_size", "small", "--spatial_size", "64"]
+        command += ["--write_overlays", "False", *extra]
+        return subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+
+    plain = run(tmp_path / "plain")
+    assert plain.returncode == 0, plain.stdout[-2000:] + plain.stderr[-2000:]
+    label_file = tmp_path / "plain" / "cine_seg.nii.gz"
+    label = nib.load(label_file)
+    drawn = np.zeros(label.shape, np.uint8)  # the bundle's own layout: (x = column, y = row, t)
+    drawn[20:30, 18:34, 2] = 1
+    drawn[22:28, 20:32, 4] = 1
+    corrections = tmp_path / "corrected.nii.gz"
+    nib.save(nib.Nifti1Image(drawn, label.affine), corrections)
+    done = run(tmp_path / "fixed", "--corrections", str(corrections), "--overwrite", "True")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = np.asarray(nib.load(tmp_path / "fixed" / "cine_seg.nii.gz").dataobj)
+    np.testing.assert_array_equal(result[..., [2, 4]], drawn[..., [2, 4]])  # kept exactly as drawn
+    report = json.loads((tmp_path / "fixed" / "cine_seg.json").read_text())
+    assert report["corrected_frames"] == [2, 4]  # the frames with an LV, when none are named
+    named = run(tmp_path / "named", "--corrections", str(corrections), "--corrected_frames", "[4]")
+    assert named.returncode == 0
+    assert json.loads((tmp_path / "named" / "cine_seg.json").read_text())["corrected_frames"] == [4]
+    nib.save(nib.Nifti1Image(drawn[:, :-2], label.affine), tmp_path / "wrong.nii.gz")
+    wrong = run(tmp_path / "wrong", "--corrections", str(tmp_path / "wrong.nii.gz"))
+    assert wrong.returncode == 1
+    assert "wrong.nii.gz" in wrong.stdout + wrong.stderr and "does not lie on" in wrong.stdout + wrong.stderr
+    assert not (tmp_path / "wrong" / "cine_seg.json").exists()
+    assert source.exists()
