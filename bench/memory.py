@@ -11,6 +11,10 @@ weights unchanged:
 - ``ED+ES given``: the truth drawn on the first and last frame, carried through the cine
   (``scripts.corrections.segment_with_corrections``), as an annotator's two corrections would be.
 
+A checkpoint named in ``--memory-off`` (a network trained with every frame a first frame,
+``scripts.training.PerFrameInferer``: the same architecture and budget without memory) is measured in ``reset``
+only.
+
 LV Dice is reported by frame index: frame 0; frames 1..L-1 (inside the training clip of L frames, ``--clip-frames``);
 L..29 (past it); 30..59 and 60+ (long cines only); on frames where part of the LV border is hidden (``occluded``)
 and on the others. Test sets: the bundle's synthetic test patients (``clean``: ``bundle/data/synthetic``, whole half
@@ -270,9 +274,16 @@ def area_drift(mask_HWT: np.ndarray, window: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------------ run
-def bench_checkpoint(net: torch.nn.Module, sets: dict[str, list[dict]], real: dict | None, clip_frames: int) -> dict:
-    """Every measurement of one checkpoint."""
-    result: dict[str, Any] = {"sets": {}}
+def bench_checkpoint(
+    net: torch.nn.Module, sets: dict[str, list[dict]], real: dict | None, clip_frames: int, memory_off: bool = False
+) -> dict:
+    """Every measurement of one checkpoint (``memory_off``: a network trained per frame, measured in ``reset`` only)."""
+    result: dict[str, Any] = {"sets": {}, "memory_off": memory_off}
+    if memory_off:
+        for set_name, cases in sets.items():
+            dice = [dice_per_frame(predict(net, case, "reset"), case["label"]) for case in cases]
+            result["sets"][set_name] = {"reset": summarise(dice, [c["occluded"] for c in cases], clip_frames, False)}
+        return result
     for set_name, cases in sets.items():
         per_mode = {}
         for mode in MODES:
@@ -361,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, nargs="+", default=[REPO_ROOT / "bundle" / "models" / "model.pt"])
     parser.add_argument("--names", nargs="+", help="a name per checkpoint (default: the file names)")
+    parser.add_argument("--memory-off", nargs="*", default=[], help="names of checkpoints trained per frame")
     parser.add_argument("--clip-frames", type=int, default=8, help="frames of the training clips (small_cpu: 8)")
     parser.add_argument("--clean", type=Path, default=REPO_ROOT / "bundle" / "data" / "synthetic")
     parser.add_argument("--hard", type=Path, default=REPO_ROOT / "bundle" / "data" / "synthetic_hard")
@@ -399,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
             for case in cases:
                 case.pop("dice", None), case.pop("pred", None)
         print(f"{name}: {path}", flush=True)
-        results[name] = bench_checkpoint(net, sets, real, args.clip_frames)
+        results[name] = bench_checkpoint(net, sets, real, args.clip_frames, memory_off=name in args.memory_off)
     text = tables(results, args.clip_frames)
     print(text)
     payload = {

@@ -100,8 +100,12 @@ def test_rand_clip_takes_consecutive_frames_at_the_cines_step() -> None:
         assert out["ed_index"] == (order.index(2) if 2 in order else -1)
         assert out["es_index"] == (order.index(9) if 9 in order else -1)
     assert starts == set(range(8))  # every start from 0 to 12 - 5
-    whole = RandClipd(num_frames=20, consecutive=True)(cine(6))  # shorter cine: all of it
-    assert whole["image"].shape[-1] == 6
+    short = RandClipd(num_frames=12, consecutive=True)
+    short.set_random_state(2)
+    for _ in range(10):  # a shorter cine: forwards and backwards in turn, always num_frames (batches collate)
+        order = short(cine(6))["image"][0, 0, 0].tolist()
+        assert len(order) == 12 and set(order) == set(range(6))
+        assert all(abs(b - a) == 1 for a, b in zip(order, order[1:]))
 
 
 def test_rand_clip_time_reversal() -> None:
@@ -172,19 +176,24 @@ def test_prepare_clip_batch_hands_given_masks_to_the_inferer() -> None:
 
 @torch.no_grad()
 def test_corrections_carry_forward_and_backward() -> None:
+    from scripts.corrections import forward_weights
+
     net = small_net()
-    video = torch.rand(1, 1, 32, 32, 7)
-    drawn = torch.zeros(32, 32, 7, dtype=torch.long)
+    video = torch.rand(1, 1, 32, 32, 8)
+    drawn = torch.zeros(32, 32, 8, dtype=torch.long)
     drawn[8:24, 10:22, :] = 1
-    logits = segment_with_corrections(net, video, drawn, [3, 5])
-    assert torch.equal(logits.argmax(1)[0][..., [3, 5]], drawn[..., [3, 5]])  # kept exactly as drawn
+    logits = segment_with_corrections(net, video, drawn, [2, 5])
+    assert torch.equal(logits.argmax(1)[0][..., [2, 5]], drawn[..., [2, 5]])  # kept exactly as drawn
     masks = (drawn == 1).float()[None, None]
-    forward_flags = torch.tensor([[False, False, False, True, False, True, False]])
-    forward = net(video, masks, forward_flags)
-    torch.testing.assert_close(logits[..., [4, 6]], forward[..., [4, 6]], rtol=0, atol=0)  # after: carried forward
-    back = torch.tensor([3, 2, 1, 0])
-    backward = net(video[..., back], masks[..., back], torch.tensor([[True, False, False, False]]))
-    torch.testing.assert_close(logits[..., [2, 1, 0]], backward[..., 1:], rtol=0, atol=0)  # before: cine reversed
+    flags = torch.tensor([[False, False, True, False, False, True, False, False]])
+    forward = torch.softmax(net(video, masks, flags), 1)
+    backward = torch.softmax(net(video.flip(-1), masks.flip(-1), flags.flip(-1)), 1).flip(-1)
+    prob = logits.exp()
+    torch.testing.assert_close(prob[..., [6, 7]], forward[..., [6, 7]], rtol=0, atol=1e-6)  # after: forward only
+    torch.testing.assert_close(prob[..., [0, 1]], backward[..., [0, 1]], rtol=0, atol=1e-6)  # before: backward only
+    torch.testing.assert_close(prob[..., 3], forward[..., 3] * 2 / 3 + backward[..., 3] / 3, rtol=0, atol=1e-6)
+    assert forward_weights([2, 5], 8).tolist() == [0, 0, 1, 2 / 3, 1 / 3, 1, 1, 1]
+    assert forward_weights([0], 3).tolist() == [1, 1, 1]
     assert torch.equal(segment_with_corrections(net, video), net(video))  # no corrections: plain inference
 
 
@@ -280,3 +289,14 @@ def test_corrections_through_inference_json(tmp_path, kind: str) -> None:
     assert "wrong.nii.gz" in wrong.stdout + wrong.stderr and "does not lie on" in wrong.stdout + wrong.stderr
     assert not (tmp_path / "wrong" / "cine_seg.json").exists()
     assert source.exists()
+
+
+def test_per_frame_inferer_is_the_network_without_memory() -> None:
+    from scripts.training import PerFrameInferer
+
+    net = small_net()
+    video = torch.rand(2, 1, 32, 32, 3)
+    with torch.no_grad():
+        folded = PerFrameInferer()(video, net, given_masks_BNHWT=None)
+        for t in range(3):
+            torch.testing.assert_close(folded[..., t], net(video[..., t : t + 1])[..., 0], rtol=0, atol=1e-5)

@@ -383,3 +383,24 @@ def test_train_fine_tunes_on_labels_saved_through_monailabel(server: dict) -> No
     with urllib.request.urlopen(req, timeout=300) as response:
         assert response.status == 200, response.read()[-2000:]
     assert weights.read_bytes() != before, "training did not rewrite models/model.pt"
+
+
+def test_corrections_sent_with_infer_carry_through_the_cine(server: dict) -> None:
+    """``infer(..., label_in=...)`` with ``params`` ``corrected_frames``: those frames come back exactly as drawn, the
+    rest segmented with them as previous masks; frames outside the cine are refused with one line."""
+    stem = sorted(server["truth"])[0]
+    truth_file = server["truth"][stem]
+    truth = np.asarray(nib.load(str(truth_file)).dataobj)
+    last = truth.shape[-1] - 1
+    drawn = server["work"] / "drawn.nii.gz"
+    nib.save(nib.Nifti1Image((truth == 1).astype(np.uint8), nib.load(str(truth_file)).affine), str(drawn))
+    sent = ("drawn.nii.gz", drawn.read_bytes())
+    params = json.dumps({"corrected_frames": [0, last]})
+    status, body = infer(server, stem, files={"label": sent, "params": params})
+    assert status == 200, body[-500:]
+    result = server["work"] / "corrected_label.nii.gz"
+    result.write_bytes(body)
+    label = np.asarray(nib.load(str(result)).dataobj)
+    np.testing.assert_array_equal(label[..., [0, last]], (truth[..., [0, last]] == 1).astype(np.uint8))
+    status, body = infer(server, stem, files={"label": sent, "params": json.dumps({"corrected_frames": [999]})})
+    assert status == 422 and "outside the cine" in detail(body), body[-500:]

@@ -1,10 +1,11 @@
 """The bundle's view of a self-describing checkpoint: which config values trained ``models/model.pt``.
 
 ``inference.json``, ``evaluate.json`` (and through them MONAI Label, ``ckpt_export``, ``verify_net_in_out`` and the
-model zoo's ``verify_bundle.py``) read ``network_size``, ``update_rule``, ``kpff``, ``labels``, ``spatial_size`` and
-``keep_aspect`` from the checkpoint with :func:`trained_settings`, so a model is served as it was trained without the
-user repeating training overrides. :func:`check_settings` runs before the network is built: a value given on the
-command line that contradicts the checkpoint stops the command with a few lines naming both values and the fix.
+model zoo's ``verify_bundle.py``) read ``network_size``, ``update_rule``, ``kpff``, ``mask_skip``, ``labels``,
+``spatial_size`` and ``keep_aspect`` from the checkpoint with :func:`trained_settings`, so a model is served as it
+was trained without the user repeating training overrides. :func:`check_settings` runs before the network is built:
+a value given on the command line that contradicts the checkpoint stops the command with a few lines naming both
+values and the fix.
 
 Command line (from the bundle folder, or with ``PYTHONPATH=bundle``)::
 
@@ -30,6 +31,7 @@ SETTINGS = {
     "network_size": ("network", "size"),
     "update_rule": ("network", "update_rule"),
     "kpff": ("network", "kpff"),
+    "mask_skip": ("network", "mask_skip"),
     "labels": ("trained_with", "labels"),
     "spatial_size": ("trained_with", "spatial_size"),
     "keep_aspect": ("trained_with", "keep_aspect"),

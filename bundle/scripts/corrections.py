@@ -5,9 +5,11 @@ Given a cine and masks drawn on some frames (``corrected_frames``), :func:`segme
 1. steps the cine forward from its first frame; after each corrected frame, the drawn mask (not the network's
    prediction) is the next frame's previous-mask input (:meth:`scripts.gdkvm.GDKVM.forward`'s ``given_masks``), so a
    correction carries forward until the next one;
-2. segments the frames before the first correction by stepping the cine backwards in time from that correction
-   (the cine reversed, the drawn mask given after its first frame);
-3. returns the corrected frames exactly as drawn.
+2. steps the cine backwards in time (reversed) the same way, so each correction also carries to the frames before it;
+3. blends the two passes' probabilities per frame (:func:`forward_weights`): after the last correction the forward
+   pass alone, before the first the backward pass alone, between two corrections each pass weighted by how close
+   its correction is (the bidirectional propagation of interactive video segmentation tools);
+4. returns the corrected frames exactly as drawn.
 
 Without corrections it is plain inference (``forward`` of the whole cine). The bundle's inference
 (``inference.json --corrections LABEL_FILE --corrected_frames "[...]"``) and MONAI Label's ``/infer`` with a label
@@ -17,6 +19,7 @@ call it; nothing else does this.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,8 +73,8 @@ def segment_with_corrections(
         corrected_frames: 0-based frames of ``corrections_HWT`` to use.
 
     Returns:
-        ``[1, K, H, W, T]`` logits; on a corrected frame, logits of the drawn labels (a large margin, so that argmax
-        gives the drawn mask exactly).
+        ``[1, K, H, W, T]`` logits (log-probabilities where two passes are blended); on a corrected frame, logits of
+        the drawn labels (a large margin, so that argmax gives the drawn mask exactly).
     """
     if video_B1HWT.ndim != 5 or video_B1HWT.shape[0] != 1:
         raise ValueError(f"segment_with_corrections takes one cine [1, 1, H, W, T], got {tuple(video_B1HWT.shape)}")
@@ -84,17 +87,33 @@ def segment_with_corrections(
     t_total = video_B1HWT.shape[-1]
     flags_1T = torch.zeros(1, t_total, dtype=torch.bool, device=video_B1HWT.device)
     flags_1T[0, frames] = True
-    logits = net(video_B1HWT, masks_1NHWT, flags_1T)
-    first = frames[0]
-    if first > 0:  # frames before the first correction: the cine backwards from it
-        back = torch.arange(first, -1, -1, device=video_B1HWT.device)
-        back_flags = torch.zeros(1, first + 1, dtype=torch.bool, device=video_B1HWT.device)
-        back_flags[0, 0] = True
-        back_logits = net(video_B1HWT[..., back], masks_1NHWT[..., back], back_flags)
-        logits[..., :first] = back_logits[..., 1:].flip(-1)
+    forward = torch.softmax(net(video_B1HWT, masks_1NHWT, flags_1T), dim=1)
+    backward = torch.softmax(net(video_B1HWT.flip(-1), masks_1NHWT.flip(-1), flags_1T.flip(-1)), dim=1).flip(-1)
+    weight_forward = torch.as_tensor(forward_weights(frames, t_total), dtype=forward.dtype, device=forward.device)
+    prob = forward * weight_forward + backward * (1.0 - weight_forward)
+    logits = torch.log(prob.clamp_min(1e-7))
     drawn = torch.nn.functional.one_hot(corrections_HWT[..., frames], num_classes).permute(3, 0, 1, 2)
     logits[0, ..., frames] = (drawn.to(logits.dtype) * 2.0 - 1.0) * 20.0
     return logits
+
+
+def forward_weights(corrected_frames: Sequence[int], num_frames: int) -> np.ndarray:
+    """Weight ``[T]`` of the forward pass per frame; the backward pass (the cine reversed) gets ``1 - weight``.
+
+    After the last correction: 1 (forward only); before the first: 0 (backward only); between corrections ``a < t < b``:
+    ``(b - t) / (b - a)``, so each side counts the more the closer its correction is.
+    """
+    weights = np.zeros(num_frames, dtype=np.float64)
+    ordered = sorted(corrected_frames)
+    for t in range(num_frames):
+        before = [c for c in ordered if c <= t]
+        after = [c for c in ordered if c >= t]
+        if not after:
+            weights[t] = 1.0
+        elif before and after:
+            a, b = before[-1], after[0]
+            weights[t] = 1.0 if a == b else (b - t) / (b - a)
+    return weights
 
 
 class LoadCorrectionsd(MapTransform):
@@ -102,12 +121,14 @@ class LoadCorrectionsd(MapTransform):
 
     Place it after ``LoadCined`` and before ``ResizeCined`` (give the resize ``keys=["image", "corrections"]`` and
     ``mode=["bilinear", "nearest"]``, so the corrections get the image's geometry). The label file is
-    ``d["corrections"]`` (a path; MONAI Label's ``label_in``) or else ``corrections``, laid out as the bundle's own
+    ``d[key]`` (a path; MONAI Label's ``label_in`` arrives as ``d["label"]``, so ``monailabel_infer.json`` sets
+    ``key="label"``) or else ``corrections``, laid out as the bundle's own
     ``<stem>_seg.nii.gz`` (:func:`scripts.geometry.labels_from_nifti_like_input`). ``corrected_frames`` (0-based) are
-    the frames whose drawn mask is the truth; empty: every frame where the label has an LV. Sets
+    the frames whose drawn mask is the truth (a request's own ``d["corrected_frames"]``, e.g. MONAI Label's
+    ``params``, wins); empty: every frame where the label has an LV. Sets
     ``d["corrections"]`` (uint8 ``[1, h, w, T]`` on the segmented region), ``d["corrections_file"]`` (the path:
     :class:`scripts.inference.SaveCineResultd` writes those frames from it at full resolution) and
-    ``d["corrected_frames"]`` (int64 ``[F]``); without a label file it removes ``corrections`` and sets nothing.
+    ``d["corrected_frames"]`` (int64 ``[F]``); without a label file it removes ``key`` and sets nothing.
 
     Raises:
         EchoDataError: naming the label file, when it does not lie on the cine, has no LV on any frame (and no
@@ -132,18 +153,38 @@ class LoadCorrectionsd(MapTransform):
         from scripts.geometry import labels_from_nifti_like_input
 
         d = dict(data)
-        path = str(d.pop(self.key, "") or self.corrections)
-        if not path:
+        path = d.pop(self.key, None) or self.corrections
+        named = d.pop("corrected_frames", None)
+        if not path or not isinstance(path, (str, Path)):
             return d
+        path = str(path)
         meta = dict(d[self.image_key].meta)
         labels = labels_from_nifti_like_input(path, meta["filename_or_obj"], meta)
-        frames = self.corrected_frames or np.flatnonzero((labels == self.lv_label).any(axis=(0, 1))).tolist()
+        frames = _frame_list(named, path) if named is not None else self.corrected_frames
+        frames = frames or np.flatnonzero((labels == self.lv_label).any(axis=(0, 1))).tolist()
         if not frames:
             raise EchoDataError(path, "no frame has an LV: nothing to carry (draw the LV, or name corrected_frames)")
         outside = [f for f in frames if not 0 <= f < labels.shape[-1]]
         if outside:
             raise EchoDataError(path, f"corrected frames {outside} are outside the cine's {labels.shape[-1]} frames")
-        d[self.key] = torch.as_tensor(labels)[None]
+        d["corrections"] = torch.as_tensor(labels)[None]
         d["corrections_file"] = path
         d["corrected_frames"] = np.asarray(sorted(set(frames)), dtype=np.int64)
         return d
+
+
+def _frame_list(value: Any, path: str) -> list[int]:
+    """A request's ``corrected_frames`` (a list of 0-based ints, or its JSON text) as a list; EchoDataError if not."""
+    import json
+
+    from scripts.data.errors import EchoDataError
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise EchoDataError(path, f"corrected_frames {value!r} is not a list of frame numbers") from e
+    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        raise EchoDataError(path, f"corrected_frames {value!r} is not a list of 0-based frame numbers")
+    return [int(v) for v in values]

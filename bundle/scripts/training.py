@@ -177,6 +177,19 @@ class PrepareImageBatch:
         return image, None, (), {"corrections_HWT": corrections, "corrected_frames": frames}
 
 
+class PerFrameInferer:
+    """An inferer that segments every frame as a first frame (empty memory and previous mask): no memory at all.
+
+    ``[B, 1, H, W, T]`` is folded into ``[B*T, 1, H, W, 1]``, so the recurrent network becomes a per-frame network with
+    the same weights; given previous masks (``given_mask_prob``) are dropped. Use it as ``train#inferer`` and
+    ``validate#inferer`` to train the memory-off reference of bench/memory.py with the same budget.
+    """
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        frames = inputs.permute(4, 1, 2, 3, 0)
+        return network(frames).permute(4, 1, 2, 3, 0)
+
+
 def gather_supervised_frames(pred_BKHWT: torch.Tensor, label_B1HWT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack the supervised frames of a batch as 2D samples.
 

@@ -120,10 +120,11 @@ class SampleClipd(MapTransform):
 class RandClipd(RandomizableTransform, MapTransform):
     """Random clips of a cine ``[C, H, W, T]`` at its own frame step, and time reversal (training augmentations).
 
-    ``consecutive=True``: ``num_frames`` consecutive frames from a random start (the whole cine when it is shorter),
-    so the network trains on what inference sees: the real frame-to-frame motion, contraction and filling, not a
-    clip resampled from ED to ES. Then, with probability ``reverse_prob``, the clip is played backwards. ED/ES
-    positions follow (``-1`` when the clip does not hold them); ``label_frames``, ``occluded`` and
+    ``consecutive=True``: ``num_frames`` consecutive frames from a random start (a cine shorter than that is played
+    forwards and backwards in turn, from a random point, so every clip of a batch has ``num_frames``), so the network
+    trains on what inference sees: the real frame-to-frame motion, contraction and filling, not a clip resampled from
+    ED to ES. Then, with probability ``reverse_prob``, the clip is played backwards. ED/ES positions follow (their
+    first position in the clip, ``-1`` when the clip does not hold them); ``label_frames``, ``occluded`` and
     ``frame_indices`` are indexed the same way. ``consecutive=False, reverse_prob=0`` passes the clip through.
     """
 
@@ -148,10 +149,13 @@ class RandClipd(RandomizableTransform, MapTransform):
         first = next(iter(self.key_iterator(d)))
         n_total = d[first].shape[-1]
         idx = np.arange(n_total, dtype=np.int64)
-        if self.consecutive:
-            length = min(self.num_frames, n_total)
-            start = int(self.R.randint(0, n_total - length + 1))
-            idx = idx[start : start + length]
+        if self.consecutive and n_total >= self.num_frames:
+            start = int(self.R.randint(0, n_total - self.num_frames + 1))
+            idx = idx[start : start + self.num_frames]
+        elif self.consecutive:  # shorter than the clip: played on backwards from its end (and so on), as a loop would
+            bounce = np.concatenate([idx, idx[-2:0:-1]]) if n_total > 1 else idx
+            start = int(self.R.randint(0, len(bounce)))
+            idx = np.resize(np.roll(bounce, -start), self.num_frames)
         if self.reverse_prob > 0 and self.R.rand() < self.reverse_prob:
             idx = idx[::-1].copy()
         if len(idx) == n_total and (n_total < 2 or idx[0] == 0):

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .decoder import MaskDecoder, ValueFuser
+from .decoder import MaskDecoder, PreviousMaskSkip, ValueFuser
 from .description import SelfDescribingModule
 from .encoders import build_resnet_trunk, load_imagenet_weights, trunk_channels
 from .kpff import KeyProjection
@@ -90,6 +90,8 @@ class GDKVM(SelfDescribingModule):
         refine_blocks: override the size's values.
         key_encoder_weights, value_encoder_weights: optional local files with torchvision ImageNet ResNet state
             dicts (never downloaded); only for ``backbone_width=1``.
+        mask_skip: also give the previous masks straight to the decoder at strides 8 and 4
+            (:class:`~.decoder.PreviousMaskSkip`; not in the paper, off by default: see docs/network.md).
         trained_with: how the training frames were prepared (the bundle passes ``labels``, ``spatial_size``,
             ``keep_aspect``). Saved with the weights and checked on load, together with the arguments above
             (see :mod:`scripts.gdkvm.description`); None takes it from the checkpoint that is loaded.
@@ -114,6 +116,7 @@ class GDKVM(SelfDescribingModule):
         key_encoder_weights: str | None = None,
         value_encoder_weights: str | None = None,
         trained_with: dict[str, Any] | None = None,
+        mask_skip: bool = False,
     ) -> None:
         super().__init__()
         if size not in SIZES:
@@ -158,6 +161,8 @@ class GDKVM(SelfDescribingModule):
         self.decoder = MaskDecoder(
             self.value_dim, cfg["pixel_dim"], (c8, c4), tuple(cfg["decoder_dims"]), refine_blocks=cfg["refine_blocks"]
         )
+        dims = tuple(cfg["decoder_dims"])
+        self.mask_skip = PreviousMaskSkip(int(dims[0]), int(dims[1])) if mask_skip else None
         if key_encoder_weights:
             load_imagenet_weights(self.key_encoder, key_encoder_weights)
         if value_encoder_weights:
@@ -165,13 +170,16 @@ class GDKVM(SelfDescribingModule):
 
     def network_arguments(self) -> dict[str, Any]:
         """The arguments that determine the state dict's tensors (saved with the weights, checked on load)."""
-        return {
+        arguments: dict[str, Any] = {
             "size": self.size,
             "out_channels": self.out_channels,
             "update_rule": self.update_rule,
             "kpff": self.kpff,
             "architecture": dict(self.config),
         }
+        if self.mask_skip is not None:  # only when on, so that checkpoints of the paper's network read as before
+            arguments["mask_skip"] = True
+        return arguments
 
     # ------------------------------------------------------------------ streaming API
     def init_state(
@@ -299,26 +307,42 @@ class GDKVM(SelfDescribingModule):
         new_memory, _ = self.memory(memory_BNVK, tokens_from_map(key), tokens_from_map(value))
         h, w = key.shape[-2], key.shape[-1]
         readout = read_memory(new_memory, key.flatten(2)).unflatten(-1, (h, w)).flatten(0, 1)
-        logits, prob = self.decode(readout, key_out, b, n, frame_B1HW.shape[-2], frame_B1HW.shape[-1])
+        logits, prob = self.decode(readout, key_out, b, n, frame_B1HW.shape[-2], frame_B1HW.shape[-1], prev_prob_BNHW)
         return logits, new_memory, prob
 
     def decode(
-        self, readout_BNVhw: torch.Tensor, key_out: dict[str, torch.Tensor], b: int, n: int, height: int, width: int
+        self,
+        readout_BNVhw: torch.Tensor,
+        key_out: dict[str, torch.Tensor],
+        b: int,
+        n: int,
+        height: int,
+        width: int,
+        prev_prob_BNHW: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks of one padded frame from the memory read-out and the key path's features (``encode_key``).
 
         Args:
             readout_BNVhw: read-out per object, ``[B*N, Cv, h, w]`` (h, w = height, width / 16).
             key_out: :meth:`encode_key`'s ``pixel``, ``f8`` and ``f4`` of the frame (``[B, ...]``).
+            prev_prob_BNHW: the previous masks ``[B, N, height, width]`` (read only with ``mask_skip``).
 
         Returns:
             ``(logits [B, K, height, width], object probabilities [B, N, height, width])``.
         """
+        mask8: torch.Tensor | None = None
+        mask4: torch.Tensor | None = None
+        if self.mask_skip is not None and prev_prob_BNHW is not None:
+            others = prev_prob_BNHW.sum(dim=1, keepdim=True) - prev_prob_BNHW
+            prev = torch.stack([prev_prob_BNHW, others.expand_as(prev_prob_BNHW)], dim=2).flatten(0, 1)
+            mask8, mask4 = self.mask_skip(prev)
         object_logits = self.decoder(
             readout_BNVhw,
             _per_object(key_out["pixel"], b, n),
             _per_object(key_out["f8"], b, n),
             _per_object(key_out["f4"], b, n),
+            mask8,
+            mask4,
         )
         object_logits = F.interpolate(object_logits, size=(height, width), mode="bilinear", align_corners=False)
         logits = aggregate_objects(object_logits.view(b, n, height, width))
