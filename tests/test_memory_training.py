@@ -124,6 +124,18 @@ def test_rand_clip_time_reversal() -> None:
     assert unchanged["image"][0, 0, 0].tolist() == list(range(12))
 
 
+def test_rand_clip_bounce_turns_at_the_ends() -> None:
+    clip = RandClipd(num_frames=8, consecutive=True, bounce=True)
+    clip.set_random_state(4)
+    turned, firsts = False, set()
+    for _ in range(150):
+        order = clip(cine(12))["image"][0, 0, 0].tolist()
+        assert len(order) == 8 and all(abs(b - a) == 1 for a, b in zip(order, order[1:]))
+        turned |= any((b - a) != (c - b) for a, b, c in zip(order, order[1:], order[2:]))
+        firsts.add(order[0])
+    assert turned and firsts == set(range(12))  # contraction and filling in one clip; every frame can start one
+
+
 def test_sample_clip_whole_keeps_the_cine() -> None:
     out = SampleClipd(num_frames=4, mode="whole")(cine())
     assert out["image"].shape[-1] == 12 and (out["ed_index"], out["es_index"]) == (2, 9)
@@ -143,6 +155,17 @@ def test_given_true_masks_only_after_annotated_frames() -> None:
     torch.testing.assert_close(masks[:, 0], (label[:, 0] == 1).float())
     torch.testing.assert_close(masks[:, 1], (label[:, 0] == 2).float())
     _, none = given_true_masks(label, annotated, num_objects=2, prob=0.0, perturb_prob=0.0)
+    assert not none.any()
+
+
+def test_empty_previous_masks_drawn_where_no_true_mask_is() -> None:
+    torch.manual_seed(1)
+    label = torch.ones(2, 1, 8, 8, 5, dtype=torch.long)
+    annotated = torch.tensor([[True, True, False, False, True], [False] * 5])
+    masks, flags = given_true_masks(label, annotated, num_objects=1, prob=1.0, perturb_prob=0.0, empty_prob=1.0)
+    assert flags.tolist() == [[True] * 4 + [False], [True] * 4 + [False]]  # true where annotated, else empty
+    assert masks[0, ..., :2].eq(1).all() and masks[0, ..., 2:4].eq(0).all() and masks[1].eq(0).all()
+    _, none = given_true_masks(label, annotated, num_objects=1, prob=0.0, perturb_prob=0.0, empty_prob=0.0)
     assert not none.any()
 
 

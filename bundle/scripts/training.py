@@ -60,7 +60,9 @@ class PrepareClipBatch:
     ``given_mask_prob > 0`` (training only; off in the paper's recipe): each annotated frame but the clip's last is,
     with this probability, followed by its true mask as the next frame's previous-mask input (perturbed with
     probability ``perturb_prob``: shifted by up to 3 px and grown or shrunk by 1-2 px, as a user's rough correction
-    would be), so that the value encoder learns to use the mask it is given. The batch is then
+    would be), so that the value encoder learns to use the mask it is given. ``empty_mask_prob > 0``: after other
+    frames, with this probability, an empty previous mask (as every cine's first frame has), so that the network reads
+    an empty mask as "nothing known" (:func:`given_true_masks`). The batch is then
     ``(image, label, (), {"given_masks_BNHWT": ..., "given_frames_BT": ...})``, which ``SupervisedTrainer`` passes
     through its inferer to :meth:`scripts.gdkvm.GDKVM.forward`. Draws use torch's global generator (reseeded every
     epoch by :class:`EpochSeeder`, so a resumed run draws the same).
@@ -74,19 +76,20 @@ class PrepareClipBatch:
         given_mask_prob: float = 0.0,
         perturb_prob: float = 0.5,
         num_objects: int = 1,
+        empty_mask_prob: float = 0.0,
     ) -> None:
         if mode not in SUPERVISION_MODES:
             raise ValueError(f"unknown supervision mode {mode!r}; expected one of {SUPERVISION_MODES}")
-        if not (0.0 <= given_mask_prob <= 1.0 and 0.0 <= perturb_prob <= 1.0):
-            raise ValueError(
-                f"given_mask_prob and perturb_prob must be in [0, 1], got {given_mask_prob}, {perturb_prob}"
-            )
+        probs = (given_mask_prob, perturb_prob, empty_mask_prob)
+        if not all(0.0 <= v <= 1.0 for v in probs):
+            raise ValueError(f"given_mask_prob, perturb_prob and empty_mask_prob must be in [0, 1], got {probs}")
         self.mode = mode
         self.image_key = image_key
         self.label_key = label_key
         self.given_mask_prob = float(given_mask_prob)
         self.perturb_prob = float(perturb_prob)
         self.num_objects = int(num_objects)
+        self.empty_mask_prob = float(empty_mask_prob)
 
     def __call__(
         self,
@@ -101,8 +104,10 @@ class PrepareClipBatch:
         frames = torch.as_tensor(batchdata["label_frames"]).bool().reshape(label.shape[0], label.shape[-1])
         supervised = supervised_frame_mask(frames, self.mode)
         given = None
-        if self.given_mask_prob > 0:
-            given = given_true_masks(label, frames, self.num_objects, self.given_mask_prob, self.perturb_prob)
+        if self.given_mask_prob > 0 or self.empty_mask_prob > 0:
+            given = given_true_masks(
+                label, frames, self.num_objects, self.given_mask_prob, self.perturb_prob, self.empty_mask_prob
+            )
         label = label.masked_fill(~supervised[:, None, None, None, :], IGNORE_LABEL)
         label = label.to(device=device, non_blocking=non_blocking)
         if given is None:
@@ -113,17 +118,29 @@ class PrepareClipBatch:
 
 
 def given_true_masks(
-    label_B1HWT: torch.Tensor, annotated_BT: torch.Tensor, num_objects: int, prob: float, perturb_prob: float
+    label_B1HWT: torch.Tensor,
+    annotated_BT: torch.Tensor,
+    num_objects: int,
+    prob: float,
+    perturb_prob: float,
+    empty_prob: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw the frames whose true mask becomes the next previous mask (see :class:`PrepareClipBatch`).
+    """Draw the frames whose true (or an empty) mask becomes the next previous mask (see :class:`PrepareClipBatch`).
+
+    ``empty_prob``: of the other frames, those drawn with this probability hand the next frame an *empty* previous
+    mask, as the first frame of every cine gets one; so an empty mask means "nothing known" to the network, not "no
+    LV here".
 
     Returns:
-        ``masks [B, N, H, W, T]`` float (one-hot of labels 1..N, some perturbed) and ``flags [B, T]`` bool (annotated
-        frames drawn with probability ``prob``; never the last frame, whose mask would feed nothing).
+        ``masks [B, N, H, W, T]`` float (one-hot of labels 1..N, some perturbed, zeros where an empty mask was drawn)
+        and ``flags [B, T]`` bool (never the last frame, whose mask would feed nothing).
     """
     objects = torch.arange(1, num_objects + 1, device=label_B1HWT.device).view(1, -1, 1, 1, 1)
     masks = (label_B1HWT == objects).float()
     flags = annotated_BT & (torch.rand(annotated_BT.shape) < prob)
+    empty = ~flags & (torch.rand(annotated_BT.shape) < empty_prob)
+    masks = masks * (~empty).to(masks.dtype)[:, None, None, None, :]
+    flags = flags | empty
     flags[:, -1] = False
     b, n, h, w, t = masks.shape
     frames = masks.permute(0, 4, 1, 2, 3).reshape(b * t, n, h, w)

@@ -126,6 +126,9 @@ class RandClipd(RandomizableTransform, MapTransform):
     ED to ES. Then, with probability ``reverse_prob``, the clip is played backwards. ED/ES positions follow (their
     first position in the clip, ``-1`` when the clip does not hold them); ``label_frames``, ``occluded`` and
     ``frame_indices`` are indexed the same way. ``consecutive=False, reverse_prob=0`` passes the clip through.
+    ``bounce=True`` draws every clip from the cine played forwards and backwards in turn (so a half sequence ED -> ES
+    gives clips that contract, turn at ES or ED and fill again, as a whole cycle does, and its first and last frames
+    are drawn as often as the others).
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class RandClipd(RandomizableTransform, MapTransform):
         num_frames: int = 10,
         consecutive: bool = True,
         reverse_prob: float = 0.0,
+        bounce: bool = False,
         allow_missing_keys: bool = True,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -143,13 +147,14 @@ class RandClipd(RandomizableTransform, MapTransform):
         if not 0.0 <= reverse_prob <= 1.0:
             raise ValueError(f"reverse_prob must be in [0, 1], got {reverse_prob}")
         self.num_frames, self.consecutive, self.reverse_prob = num_frames, bool(consecutive), float(reverse_prob)
+        self.bounce = bool(bounce)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         first = next(iter(self.key_iterator(d)))
         n_total = d[first].shape[-1]
         idx = np.arange(n_total, dtype=np.int64)
-        if self.consecutive and n_total >= self.num_frames:
+        if self.consecutive and n_total >= self.num_frames and not self.bounce:
             start = int(self.R.randint(0, n_total - self.num_frames + 1))
             idx = idx[start : start + self.num_frames]
         elif self.consecutive:  # shorter than the clip: played on backwards from its end (and so on), as a loop would
