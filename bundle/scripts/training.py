@@ -203,8 +203,10 @@ class PerFrameInferer:
     """
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        frames = inputs.permute(4, 1, 2, 3, 0)
-        return network(frames).permute(4, 1, 2, 3, 0)
+        b, c, h, w, t = inputs.shape
+        frames_N1HW1 = inputs.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w).unsqueeze(-1)
+        logits_NKHW = network(frames_N1HW1)[..., 0]
+        return logits_NKHW.reshape(b, t, -1, h, w).permute(0, 2, 3, 4, 1)
 
 
 def gather_supervised_frames(pred_BKHWT: torch.Tensor, label_B1HWT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
