@@ -138,9 +138,10 @@ def given_true_masks(
     objects = torch.arange(1, num_objects + 1, device=label_B1HWT.device).view(1, -1, 1, 1, 1)
     masks = (label_B1HWT == objects).float()
     flags = annotated_BT & (torch.rand(annotated_BT.shape) < prob)
-    empty = ~flags & (torch.rand(annotated_BT.shape) < empty_prob)
-    masks = masks * (~empty).to(masks.dtype)[:, None, None, None, :]
-    flags = flags | empty
+    if empty_prob > 0:  # drawn only when asked, so that the other options' draws stay as they were
+        empty = ~flags & (torch.rand(annotated_BT.shape) < empty_prob)
+        masks = masks * (~empty).to(masks.dtype)[:, None, None, None, :]
+        flags = flags | empty
     flags[:, -1] = False
     b, n, h, w, t = masks.shape
     frames = masks.permute(0, 4, 1, 2, 3).reshape(b * t, n, h, w)
