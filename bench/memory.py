@@ -141,12 +141,13 @@ def real_cine(size: int, keep_aspect: bool) -> dict | None:
 def predict(net: torch.nn.Module, case: dict, mode: str) -> np.ndarray:
     """LV masks ``[h, w, T]`` bool of one cine in one of :data:`MODES`."""
     from scripts.corrections import segment_with_corrections
+    from scripts.training import PerFrameInferer
 
     video = case["video"]
     if mode == "memory":
         logits = net(video)
     elif mode == "reset":  # every frame a first frame: frames folded into the batch
-        logits = net(video.permute(4, 1, 2, 3, 0)).permute(4, 1, 2, 3, 0)
+        logits = PerFrameInferer()(video, net)
     elif mode == "truth prev":
         masks = torch.as_tensor(case["label"] == LV, dtype=video.dtype)[None, None]
         logits = net(video, masks, torch.ones(1, video.shape[-1], dtype=torch.bool))

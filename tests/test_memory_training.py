@@ -311,6 +311,10 @@ def test_corrections_through_inference_json(tmp_path, kind: str) -> None:
     assert wrong.returncode == 1
     assert "wrong.nii.gz" in wrong.stdout + wrong.stderr and "does not lie on" in wrong.stdout + wrong.stderr
     assert not (tmp_path / "wrong" / "cine_seg.json").exists()
+    alone = run(tmp_path / "alone", "--corrected_frames", "[2]")  # frames named, no corrected label: refused
+    assert alone.returncode == 1
+    assert "corrected_frames given without a corrected label" in alone.stdout + alone.stderr
+    assert not (tmp_path / "alone" / "cine_seg.json").exists()
     assert source.exists()
 
 

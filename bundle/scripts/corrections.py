@@ -28,9 +28,9 @@ from monai.transforms import MapTransform
 
 
 def object_masks(labels_HWT: torch.Tensor, num_objects: int) -> torch.Tensor:
-    """One-hot masks of the objects 1..N of a label map: ``[H, W, T]`` int -> ``[N, H, W, T]`` float."""
+    """One-hot masks of the objects 1..N of a label map: ``[..., H, W, T]`` int -> ``[..., N, H, W, T]`` float."""
     objects = torch.arange(1, num_objects + 1, device=labels_HWT.device).view(-1, 1, 1, 1)
-    return (labels_HWT.unsqueeze(0) == objects).float()
+    return (labels_HWT.unsqueeze(-4) == objects).float()
 
 
 def check_corrections(
@@ -125,14 +125,16 @@ class LoadCorrectionsd(MapTransform):
     ``key="label"``) or else ``corrections``, laid out as the bundle's own
     ``<stem>_seg.nii.gz`` (:func:`scripts.geometry.labels_from_nifti_like_input`). ``corrected_frames`` (0-based) are
     the frames whose drawn mask is the truth (a request's own ``d["corrected_frames"]``, e.g. MONAI Label's
-    ``params``, wins); empty: every frame where the label has an LV. Sets
-    ``d["corrections"]`` (uint8 ``[1, h, w, T]`` on the segmented region), ``d["corrections_file"]`` (the path:
-    :class:`scripts.inference.SaveCineResultd` writes those frames from it at full resolution) and
-    ``d["corrected_frames"]`` (int64 ``[F]``); without a label file it removes ``key`` and sets nothing.
+    ``params``, wins); empty: every frame where the label has an LV. Sets ``d["corrections"]`` (uint8
+    ``[1, h, w, T]`` on the segmented region, resized with the image), ``d["corrections_file"]`` (the path, for the
+    report), ``d["corrected_frames"]`` (int64 ``[F]``) and ``d["corrections_drawn"]`` (uint8
+    ``[h, w, F]``: those frames as drawn, at the segmented region's resolution; :func:`put_drawn_frames` writes them
+    into the restored labels); without a label file it removes ``key`` and sets nothing.
 
     Raises:
         EchoDataError: naming the label file, when it does not lie on the cine, has no LV on any frame (and no
-            frames were named), or names frames outside the cine.
+            frames were named), or names frames outside the cine; naming the cine, when frames are named without a
+            label.
     """
 
     def __init__(
@@ -156,6 +158,9 @@ class LoadCorrectionsd(MapTransform):
         path = d.pop(self.key, None) or self.corrections
         named = d.pop("corrected_frames", None)
         if not path or not isinstance(path, (str, Path)):
+            if named is not None or self.corrected_frames:
+                source = getattr(d.get(self.image_key), "meta", {}).get("filename_or_obj", "?")
+                raise EchoDataError(source, "corrected_frames given without a corrected label (corrections / label_in)")
             return d
         path = str(path)
         meta = dict(d[self.image_key].meta)
@@ -167,9 +172,11 @@ class LoadCorrectionsd(MapTransform):
         outside = [f for f in frames if not 0 <= f < labels.shape[-1]]
         if outside:
             raise EchoDataError(path, f"corrected frames {outside} are outside the cine's {labels.shape[-1]} frames")
+        frames = sorted(set(frames))
         d["corrections"] = torch.as_tensor(labels)[None]
         d["corrections_file"] = path
-        d["corrected_frames"] = np.asarray(sorted(set(frames)), dtype=np.int64)
+        d["corrected_frames"] = np.asarray(frames, dtype=np.int64)
+        d["corrections_drawn"] = np.ascontiguousarray(labels[..., frames])
         return d
 
 
@@ -188,3 +195,16 @@ def _frame_list(value: Any, path: str) -> list[int]:
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
         raise EchoDataError(path, f"corrected_frames {value!r} is not a list of 0-based frame numbers")
     return [int(v) for v in values]
+
+
+def put_drawn_frames(labels_HWT: np.ndarray, data: Mapping[Hashable, Any]) -> np.ndarray:
+    """Write a user's corrected frames, as drawn, into labels ``[h, w, T]`` restored onto the segmented region.
+
+    ``data`` is the item :class:`LoadCorrectionsd` filled (``corrected_frames``, ``corrections_drawn``); without
+    corrections the labels are returned unchanged.
+    """
+    if data.get("corrections_drawn") is None:
+        return labels_HWT
+    frames = [int(f) for f in np.asarray(data["corrected_frames"]).reshape(-1)]
+    labels_HWT[..., frames] = np.asarray(data["corrections_drawn"]).astype(labels_HWT.dtype)
+    return labels_HWT

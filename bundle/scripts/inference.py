@@ -21,12 +21,12 @@ from monai.transforms import MapTransform
 
 from scripts.clinical._io import atomic_paths, json_safe
 from scripts.clinical.evaluation import largest_component
+from scripts.corrections import put_drawn_frames
 from scripts.data.errors import EchoDataError
 from scripts.data.video_io import load_cine
 from scripts.geometry import (  # noqa: F401  (re-exported: scripts.inference.restore_labels etc. keep working)
     image_nifti_like_label,
     label_nifti_like_input,
-    labels_from_nifti_like_input,
     resize_labels,
     restore_labels,
 )
@@ -188,12 +188,10 @@ class SaveCineResultd(MapTransform):
         source = d.get("source") or (image.meta["filename_or_obj"] if hasattr(image, "meta") else None)
         if not source:
             raise KeyError("SaveCineResultd needs the input path in 'source' or in the image's filename_or_obj")
-        corrected = d.get("corrected_frames")
-        corrections = None
-        if corrected is not None:
-            corrections = (str(d["corrections_file"]), [int(f) for f in np.asarray(corrected).reshape(-1)])
         for key in self.key_iterator(d):
-            d[f"{key}_files"] = self.write(d[key], source, d.get("output_stem"), corrections)
+            d[f"{key}_files"] = self.write(
+                d[key], source, d.get("output_stem"), d if "corrections_drawn" in d else None
+            )
         return d
 
     def write(
@@ -201,13 +199,13 @@ class SaveCineResultd(MapTransform):
         pred: Any,
         source: str | Path,
         stem: str | None = None,
-        corrections: tuple[str, Sequence[int]] | None = None,
+        corrections: Mapping[Hashable, Any] | None = None,
     ) -> dict[str, str]:
         """Write the outputs of ``pred`` (``[1, h, w, T]`` or ``[h, w, T]``) for the input file ``source``.
 
-        ``corrections``: ``(label file, corrected frames)`` of a user's corrections
-        (:class:`scripts.corrections.LoadCorrectionsd`): those frames are written exactly as drawn, at the source's
-        resolution, and the JSON lists them as ``corrected_frames``.
+        ``corrections``: the item :class:`scripts.corrections.LoadCorrectionsd` filled with a user's corrections:
+        those frames are written exactly as drawn, at the source's resolution, and the JSON lists them as
+        ``corrected_frames``.
 
         Returns:
             ``{"label": path, "summary": path, ...}``: every file written (``image``, ``csv``, ``json``, ``png``,
@@ -224,8 +222,7 @@ class SaveCineResultd(MapTransform):
             raise EchoDataError(source, f"prediction has {pred_hwt.shape[-1]} frames, input has {original.shape[-1]}")
         labels = restore_labels(pred_hwt, original.shape[0], original.shape[1], meta["spacing"], self.keep_aspect)
         if corrections is not None:
-            drawn = labels_from_nifti_like_input(corrections[0], source, meta)
-            labels[..., list(corrections[1])] = drawn[..., list(corrections[1])]
+            labels = put_drawn_frames(labels, corrections)
         stem = stem or output_stem(source)
         spacing = tuple(float(s) for s in meta["spacing"])
         known = bool(meta.get("spacing_known", all(math.isfinite(s) for s in spacing)))
@@ -262,8 +259,8 @@ class SaveCineResultd(MapTransform):
             "lv_postprocessing": "largest connected LV component per frame (measurements only; the NIfTI is raw)",
         }
         if corrections is not None:
-            summary["corrected_frames"] = list(corrections[1])
-            summary["corrections_file"] = corrections[0]
+            summary["corrected_frames"] = [int(f) for f in np.asarray(corrections["corrected_frames"]).reshape(-1)]
+            summary["corrections_file"] = str(corrections["corrections_file"])
         json_path = summary_path(self.output_dir, stem)
         out_dir, name = json_path.parent, Path(stem).name
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
+from scripts.corrections import put_drawn_frames
 from scripts.data.errors import EchoDataError, check_label
 from scripts.data.video_io import cine_format, load_cine, load_volume
-from scripts.geometry import label_nifti_like_input, labels_from_nifti_like_input, restore_labels
+from scripts.geometry import label_nifti_like_input, restore_labels
 from scripts.inference import CINE_SUFFIXES, LABEL_SUFFIXES, _is_dicom
 
 # File name patterns MONAI Label's local datastore lists as images (and labels): every cine format the bundle reads.
@@ -45,7 +46,7 @@ class LabelToInputGeometryd(MapTransform):
     ``image.meta["spatial_shape"]`` and ``image.meta["original_affine"]`` to that array's shape and affine, so that
     MONAI Label's ``Restored`` keeps the array and its ``Writer`` (LPS conversion included) writes that geometry.
     ``keep_aspect`` must match the ``ResizeCined`` of the preprocessing. With a user's corrections
-    (``corrections_file`` and ``corrected_frames`` of :class:`scripts.corrections.LoadCorrectionsd`) those frames are
+    (``corrected_frames`` and ``corrections_drawn`` of :class:`scripts.corrections.LoadCorrectionsd`) those frames are
     the drawn labels, at the input's resolution.
     """
 
@@ -70,10 +71,7 @@ class LabelToInputGeometryd(MapTransform):
                 pred_hwt = pred_hwt[0]
             height, width = original.shape[0], original.shape[1]
             labels = restore_labels(pred_hwt, height, width, cine_meta["spacing"], self.keep_aspect)
-            if d.get("corrections_file"):  # a user's corrected frames come back exactly as drawn
-                frames = [int(f) for f in np.asarray(d["corrected_frames"]).reshape(-1)]
-                drawn = labels_from_nifti_like_input(str(d["corrections_file"]), source, cine_meta)
-                labels[..., frames] = drawn[..., frames]
+            labels = put_drawn_frames(labels, d)  # a user's corrected frames come back exactly as drawn
             nifti = label_nifti_like_input(labels, source, cine_meta)
             array = np.asanyarray(nifti.dataobj).astype(np.uint8)
             d[key] = torch.as_tensor(array[None])

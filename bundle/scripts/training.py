@@ -135,8 +135,9 @@ def given_true_masks(
         ``masks [B, N, H, W, T]`` float (one-hot of labels 1..N, some perturbed, zeros where an empty mask was drawn)
         and ``flags [B, T]`` bool (never the last frame, whose mask would feed nothing).
     """
-    objects = torch.arange(1, num_objects + 1, device=label_B1HWT.device).view(1, -1, 1, 1, 1)
-    masks = (label_B1HWT == objects).float()
+    from scripts.corrections import object_masks
+
+    masks = object_masks(label_B1HWT[:, 0], num_objects)
     flags = annotated_BT & (torch.rand(annotated_BT.shape) < prob)
     if empty_prob > 0:  # drawn only when asked, so that the other options' draws stay as they were
         empty = ~flags & (torch.rand(annotated_BT.shape) < empty_prob)
