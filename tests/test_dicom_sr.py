@@ -109,7 +109,7 @@ def check_sr(sr_path: Path, summary_path: Path, report_path: Path, source_path: 
         assert key not in sr, key
     # every reference resolves to the source cine and its frames
     groups = _groups(sr)
-    valid = [b for b in report["beats"] if b["ef_percent"] is not None and math.isfinite(b["ef_percent"])]
+    valid = [b for b in report["beats"] if b["accepted"] and b["ef_percent"] is not None]  # rejected beats: not in it
     assert len(groups) == 3 * len(valid) + 1
     n_frames = int(source.NumberOfFrames)
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
@@ -120,11 +120,20 @@ def check_sr(sr_path: Path, summary_path: Path, report_path: Path, source_path: 
         for uid, frames in _sources(group):
             assert uid == source.SOPInstanceUID
             assert frames and all(1 <= f <= n_frames for f in frames)
-    # the cine's values equal the JSON summary's (the last group), the beats' equal the report's
+    # the cine's values equal the JSON summary's (the last group) when the verdict is ok; under review that group
+    # says so (a coded finding and the reasons) and carries no cine values; the beats' values equal the report's
     overall = groups[-1]
-    assert _num(overall, EF) == pytest.approx(summary["ef_percent"], rel=1e-9)
-    assert _num(overall, EDV) == pytest.approx(summary["edv_ml"], rel=1e-9)
-    assert _num(overall, ESV) == pytest.approx(summary["esv_ml"], rel=1e-9)
+    if summary["quality"]["verdict"] == "ok":
+        assert _num(overall, EF) == pytest.approx(summary["ef_percent"], rel=1e-9)
+        assert _num(overall, EDV) == pytest.approx(summary["edv_ml"], rel=1e-9)
+        assert _num(overall, ESV) == pytest.approx(summary["esv_ml"], rel=1e-9)
+    else:
+        codes_found = [i.ConceptCodeSequence[0].CodeValue for i in _items(overall) if i.ValueType == "CODE"]
+        assert "REVIEW" in codes_found and not [i for i in _items(overall) if i.ValueType == "NUM"]
+        (text,) = [i.TextValue for i in _items(overall) if i.ValueType == "TEXT" and _name(i) == "121106"]  # Comment
+        assert text == "; ".join(summary["quality"]["reasons"])
+        assert "REVIEW" in sr.SeriesDescription
+    assert "research use only" in sr.SeriesDescription
     methods = [i for i in _items(sr) if i.ValueType == "CODE" and _name(i) == "370129005"]  # Measurement Method
     assert methods and all(m.ConceptCodeSequence[0].CodeValue == "125208" for m in methods)  # disks, single plane
     pairs = [[b["ed"], b["es"]] for b in valid]
@@ -219,7 +228,8 @@ def test_no_sr_when_ef_is_not_measurable(synthetic_cine: Path, tmp_path: Path) -
     saver = SaveCineResultd(output_dir=tmp_path, overlay=False, clinical=False, write_sr=True)
     files = saver.write(np.zeros((1, *image.shape), np.uint8), synthetic_cine)
     summary = json.loads(Path(files["summary"]).read_text())
-    assert "no beat with a measurable EF" in summary["sr_reason"] and not list(tmp_path.glob("*_sr.dcm"))
+    assert summary["sr_reason"].startswith("verdict reject: an LV is measurable in only 0% of the frames")
+    assert summary["quality"]["verdict"] == "reject" and not list(tmp_path.glob("*_sr.dcm"))
 
 
 def test_validator_catches_a_broken_sr(synthetic_cine: Path, tmp_path: Path) -> None:

@@ -176,6 +176,31 @@ def check_settings(checkpoint: str | Path, settings: Mapping[str, Any]) -> None:
         raise ConfigContradictsCheckpoint(checkpoint, found)
 
 
+def model_identity(checkpoint: str | Path) -> dict[str, Any]:
+    """What identifies the weights a result came from: ``{"file", "sha256", "trained_on"}``.
+
+    ``sha256`` is the checksum of the file's bytes (the same weights give the same value wherever they are served);
+    ``trained_on`` is the training data the checkpoint records (``trained_with.data``, set by train.json's
+    ``training_data``), or ``"not recorded"`` for a checkpoint saved before bundle 0.6.0.
+
+    Raises:
+        FileNotFoundError: no file at ``checkpoint``.
+    """
+    import hashlib
+
+    path = Path(checkpoint)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    try:
+        description = read_description(path) or {}
+    except ValueError:
+        description = {}
+    trained_on = (description.get("trained_with") or {}).get("data") or "not recorded"
+    return {"file": path.name, "sha256": digest.hexdigest(), "trained_on": str(trained_on)}
+
+
 def main(checkpoint: str = "models/model.pt") -> None:
     """Print what ``checkpoint`` was trained with, as JSON."""
     description = read_description(checkpoint)

@@ -135,6 +135,33 @@ def _is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+CONFIDENCE_KEY = "lv_confidence"
+
+
+class LVConfidenced(MapTransform):
+    """Per-frame network confidence in the LV, from the logits before ``AsDiscreted`` (put it first in the
+    postprocessing): ``d["lv_confidence"]`` = :func:`scripts.clinical.quality.lv_confidence` of the softmax of
+    ``d[key]`` (``[C, h, w, T]`` logits), a list of ``T`` floats that :class:`SaveCineResultd` passes to the verdict.
+    """
+
+    def __init__(self, keys: Sequence[Hashable] = ("pred",), lv_label: int = 1) -> None:
+        super().__init__(keys)
+        self.lv_label = int(lv_label)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from scripts.clinical.quality import lv_confidence
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            logits = torch.as_tensor(d[key]).detach().float().cpu()
+            if logits.ndim != 4 or logits.shape[0] < 2:
+                raise ValueError(
+                    f"LVConfidenced needs [C, h, w, T] logits with C >= 2, got shape {tuple(logits.shape)}"
+                )
+            d[CONFIDENCE_KEY] = lv_confidence(torch.softmax(logits, dim=0).numpy(), self.lv_label)
+        return d
+
+
 class SaveCineResultd(MapTransform):
     """Write the results of one segmented cine (use in the inference ``postprocessing`` after ``AsDiscreted``).
 
@@ -170,9 +197,12 @@ class SaveCineResultd(MapTransform):
         keep_aspect: bool = False,
         save_image: bool = False,
         write_sr: bool = False,
+        model_file: str | Path | None = None,
     ) -> None:
         super().__init__(keys)
         self.write_sr = write_sr
+        self.model_file = model_file
+        self._model: dict[str, str] | None = None
         self.output_dir = Path(output_dir)
         self.keep_aspect = keep_aspect
         self.save_image = save_image
@@ -182,6 +212,15 @@ class SaveCineResultd(MapTransform):
         self.overlay = overlay
         self.written: list[dict[str, str]] = []
 
+    @property
+    def model(self) -> dict[str, str] | None:
+        """:func:`scripts.checkpoint.model_identity` of ``model_file`` (read once), or ``None`` without one."""
+        if self._model is None and self.model_file is not None and Path(self.model_file).is_file():
+            from scripts.checkpoint import model_identity
+
+            self._model = model_identity(self.model_file)
+        return self._model
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         image = d.get(self.image_key)
@@ -190,7 +229,7 @@ class SaveCineResultd(MapTransform):
             raise KeyError("SaveCineResultd needs the input path in 'source' or in the image's filename_or_obj")
         for key in self.key_iterator(d):
             d[f"{key}_files"] = self.write(
-                d[key], source, d.get("output_stem"), d if "corrections_drawn" in d else None
+                d[key], source, d.get("output_stem"), d if "corrections_drawn" in d else None, d.get(CONFIDENCE_KEY)
             )
         return d
 
@@ -200,12 +239,14 @@ class SaveCineResultd(MapTransform):
         source: str | Path,
         stem: str | None = None,
         corrections: Mapping[Hashable, Any] | None = None,
+        confidence: Sequence[float] | None = None,
     ) -> dict[str, str]:
         """Write the outputs of ``pred`` (``[1, h, w, T]`` or ``[h, w, T]``) for the input file ``source``.
 
         ``corrections``: the item :class:`scripts.corrections.LoadCorrectionsd` filled with a user's corrections:
         those frames are written exactly as drawn, at the source's resolution, and the JSON lists them as
-        ``corrected_frames``.
+        ``corrected_frames``. ``confidence``: ``[T]`` per-frame network confidence (:class:`LVConfidenced`), for
+        the verdict.
 
         Returns:
             ``{"label": path, "summary": path, ...}``: every file written (``image``, ``csv``, ``json``, ``png``,
@@ -226,16 +267,11 @@ class SaveCineResultd(MapTransform):
         stem = stem or output_stem(source)
         spacing = tuple(float(s) for s in meta["spacing"])
         known = bool(meta.get("spacing_known", all(math.isfinite(s) for s in spacing)))
-        measured = labels.copy()  # measurements use the largest LV component of each frame (specks are dropped)
-        for t in range(measured.shape[-1]):
-            lv = measured[..., t] == self.lv_label
-            measured[..., t][lv & ~largest_component(lv)] = 0
-        report = clinical.cine_report(
-            measured,
-            spacing if known else (1.0, 1.0),
-            frame_rate=_finite(meta.get("frame_rate")),
-            lv_label=self.lv_label,
+        rate = _finite(meta.get("frame_rate"))
+        report = clinical.measure_cine(
+            labels, spacing if known else None, rate, meta, original, confidence, lv_label=self.lv_label
         )
+        accepted = [b for b in report["beats"] if b["accepted"]]
         area_key = "area_mm2" if known else "area_px"
         summary = {
             "input": str(source),
@@ -245,19 +281,28 @@ class SaveCineResultd(MapTransform):
             "width": int(labels.shape[1]),
             "crop": meta.get("crop"),
             "spacing_mm": list(spacing) if known else None,
-            "frame_rate": _finite(meta.get("frame_rate")),
-            "ed_es_pairs": [[b["ed"], b["es"]] for b in report["beats"]],
+            "frame_rate": rate,
+            "quality": report["quality"],
+            "ed_es_pairs": [[b["ed"], b["es"]] for b in accepted],
             "ed_index": report["ed_index"],
             "es_index": report["es_index"],
-            area_key: [float((measured[..., t] == self.lv_label).sum()) for t in range(labels.shape[-1])]
-            if not known
-            else report["area_mm2"],
+            area_key: report["area_mm2"],
             "edv_ml": report["edv_ml"] if known else None,
             "esv_ml": report["esv_ml"] if known else None,
             "ef_percent": report["ef_percent"],
+            "ef_sd": report["ef_sd"],
+            "beats_accepted": report["beats_accepted"],
+            "period_frames": report["period_frames"],
+            "heart_rate_bpm": report["heart_rate_bpm"],
+            "beats": [b if known else {**b, "edv_ml": None, "esv_ml": None} for b in report["beats"]],
             "reason": report["reason"],
             "lv_postprocessing": "largest connected LV component per frame (measurements only; the NIfTI is raw)",
+            "model": self.model,
         }
+        measured = labels.copy()  # the SR outlines what was measured: the largest LV component of each frame
+        for t in range(measured.shape[-1]):
+            lv = measured[..., t] == self.lv_label
+            measured[..., t][lv & ~largest_component(lv)] = 0
         if corrections is not None:
             summary["corrected_frames"] = [int(f) for f in np.asarray(corrections["corrected_frames"]).reshape(-1)]
             summary["corrections_file"] = str(corrections["corrections_file"])
@@ -276,11 +321,11 @@ class SaveCineResultd(MapTransform):
         if self.clinical:
             files.update(clinical.write_cine_report(report, out_dir, name))
         if self.overlay:
-            pairs = [(b["ed"], b["es"]) for b in report["beats"]]
-            rate = _finite(meta.get("frame_rate"))
+            pairs = [(b["ed"], b["es"]) for b in accepted]
             files.update(clinical.save_overlay(original, labels, out_dir, name, ed_es_pairs=pairs, frame_rate=rate))
         if self.write_sr:
-            files.update(_write_sr(source, measured, report, meta, out_dir / f"{name}_sr.dcm", self.lv_label, summary))
+            sr_path = out_dir / f"{name}_sr.dcm"
+            files.update(_write_sr(source, measured, report, meta, sr_path, self.lv_label, summary, self.model))
         summary["outputs"] = {k: Path(v).name for k, v in files.items()}
         with atomic_paths(json_path) as (json_tmp,):
             json_tmp.write_text(json.dumps(json_safe(summary), indent=2))
@@ -292,14 +337,23 @@ class SaveCineResultd(MapTransform):
 
 
 def _write_sr(
-    source: Path, labels: np.ndarray, report: dict, meta: dict, path: Path, lv_label: int, summary: dict
+    source: Path,
+    labels: np.ndarray,
+    report: dict,
+    meta: dict,
+    path: Path,
+    lv_label: int,
+    summary: dict,
+    model: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write the DICOM SR of one cine (:mod:`scripts.clinical.dicom_sr`); ``{"sr": path}``, or ``{}`` and the reason
     in ``summary["sr_reason"]`` (and the log) when the input cannot have one."""
     from scripts.clinical.dicom_sr import SRUnavailableError, bundle_version, write_lv_sr
 
     try:
-        write_lv_sr(source, labels, report, meta, path, lv_label=lv_label, algorithm_version=bundle_version())
+        write_lv_sr(
+            source, labels, report, meta, path, lv_label=lv_label, algorithm_version=bundle_version(), model=model
+        )
     except SRUnavailableError as e:
         path.unlink(missing_ok=True)  # an SR of an earlier run would contradict this run's JSON
         summary["sr_reason"] = str(e)

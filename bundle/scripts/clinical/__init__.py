@@ -1,8 +1,9 @@
 """Clinical measurements from LV masks: volumes (Simpson's rule, area-length, biplane), ED/ES frames, ejection
 fraction, agreement statistics, plots, per-cine reports and contour overlays. Methods: ``docs/clinical.md``."""
 
-from .cycle import estimate_period, find_ed_es
+from .cycle import analyse_beats, cardiac_period, estimate_period, find_ed_es, motion_period
 from .plots import plot_bland_altman, plot_correlation, plot_volume_curve
+from .quality import cine_quality, lv_confidence, measure_cine
 from .report import cine_report, save_overlay, write_cine_report
 from .stats import agreement
 from .volumes import (
@@ -22,8 +23,11 @@ __all__ = [
     "LVGeometry",
     "VolumeResult",
     "agreement",
+    "analyse_beats",
     "biplane_volume",
     "biplane_volume_details",
+    "cardiac_period",
+    "cine_quality",
     "cine_report",
     "ejection_fraction",
     "ejection_fraction_details",
@@ -31,8 +35,11 @@ __all__ = [
     "find_ed_es",
     "lv_geometry",
     "lv_volume",
+    "lv_confidence",
     "lv_volume_details",
     "mask_problem",
+    "measure_cine",
+    "motion_period",
     "plot_bland_altman",
     "plot_correlation",
     "plot_volume_curve",

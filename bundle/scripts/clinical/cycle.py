@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import find_peaks
@@ -130,3 +132,302 @@ def find_ed_es(
             es = between[np.argmin(smooth[between])]
             pairs.append((refine(int(ed), 1.0), refine(int(es), -1.0)))
     return pairs if pairs else single
+
+
+# ------------------------------------------------------------------------------------------- beat analysis
+# Plausibility bounds of the beat analysis (docs/clinical.md "Beats" says where each comes from).
+HEART_RATE_RANGE_BPM = (30.0, 200.0)  # periods searched for when the frame rate is known
+MIN_PERIODICITY = 0.3  # autocorrelation of the detrended curve at the period; below it the curve is not periodic
+SYSTOLE_FRACTION_RANGE = (0.15, 0.6)  # ED -> ES interval as a fraction of the period (about a third at rest)
+HALF_CYCLE_SYSTOLE_S = (0.08, 0.65)  # ED -> ES interval in seconds of a cine shorter than a period
+LONG_CINE_S = 2.5  # a cine this long holds more than a cycle at any heart rate >= 30 bpm: it must be periodic
+LONG_CINE_FRAMES = 60  # the same, for a cine without a frame rate
+OUTLIER_EF_POINTS = 12.0  # a beat whose EF is this far (and 3 robust SDs) from the other beats' median is rejected
+
+
+def _lag_range(n: int, frame_rate: float | None) -> tuple[int, int]:
+    """Lags (frames) of a plausible heart rate at ``frame_rate`` (4 and up without one) leaving 1.5 cycles in ``n``."""
+    if frame_rate is not None and math.isfinite(frame_rate) and frame_rate > 0:
+        lo = max(3, int(math.floor(frame_rate * 60.0 / HEART_RATE_RANGE_BPM[1])))
+        return lo, min(int(n / 1.5), int(math.ceil(frame_rate * 60.0 / HEART_RATE_RANGE_BPM[0])))
+    return 4, int(n / 1.5)
+
+
+def _high_pass(values_T: np.ndarray, window: int) -> np.ndarray:
+    """The curve lightly smoothed (sigma 1 frame) minus its running mean over ``window`` frames (slow drift)."""
+    from scipy.ndimage import uniform_filter1d
+
+    return gaussian_filter1d(values_T, 1.0, mode="nearest") - uniform_filter1d(values_T, max(1, window), mode="nearest")
+
+
+def lag_correlation(values_T, lag: int, frame_rate: float | None = None) -> float:
+    """Pearson correlation of the high-passed curve with itself ``lag`` frames later (NaN when undefined)."""
+    values = _fill_nan(np.asarray(values_T, dtype=float).ravel())
+    n = len(values)
+    if not 1 <= lag < n - 2:
+        return math.nan
+    x = _high_pass(values, _lag_range(n, frame_rate)[1] or n)
+    a, b = x[:-lag], x[lag:]
+    if a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def cardiac_period(values_T, frame_rate: float | None = None) -> tuple[int | None, float]:
+    """The cardiac period in frames of an LV curve, and how periodic the curve is.
+
+    The curve (non-finite frames interpolated) minus its running mean over the longest plausible period (slow drift
+    of the heart in the sector, or of a network's memory, is not a beat) is correlated with itself at each lag of a
+    plausible heart rate (``HEART_RATE_RANGE_BPM`` at ``frame_rate``; 4 frames and up without one) that leaves at
+    least 1.5 cycles in the cine (Pearson over the overlap, so long lags are not penalised). The period is the
+    shortest lag at a local peak reaching ``MIN_PERIODICITY`` and 0.8 of the highest peak (a multiple of the period
+    correlates as well as the period itself).
+
+    Args:
+        values_T: ``[T]`` LV volumes or areas.
+        frame_rate: frames per second, if known.
+
+    Returns:
+        ``(period_frames, correlation)``: the period (``None`` when no peak reaches ``MIN_PERIODICITY`` or the cine
+        is too short for 1.5 cycles) and the correlation at it (0.0 when none was found).
+    """
+    raw = np.asarray(values_T, dtype=float).ravel()
+    n = len(raw)
+    lo, hi = _lag_range(n, frame_rate)
+    if np.isfinite(raw).sum() < 8 or hi < lo:
+        return None, 0.0
+    corr = np.array([lag_correlation(raw, lag, frame_rate) for lag in range(hi + 2)])
+    corr = np.nan_to_num(corr, nan=-1.0)
+    peaks, _ = find_peaks(corr)
+    peaks = peaks[(peaks >= lo) & (peaks <= hi) & (corr[peaks] >= MIN_PERIODICITY)] if len(peaks) else peaks
+    if len(peaks) == 0:
+        return None, 0.0
+    lag = int(peaks[corr[peaks] >= 0.8 * corr[peaks].max()][0])
+    return lag, float(corr[lag])
+
+
+def motion_period(image_HWT, frame_rate: float | None = None, max_side: int = 64) -> int | None:
+    """The period in frames of the picture's motion, from the images alone (no segmentation), or ``None``.
+
+    Frames are reduced to at most ``max_side`` pixels a side (block means); ``s(lag)`` is the mean Pearson
+    correlation between frame t and frame t + lag over the pixels that change; the period is the first local
+    maximum of ``s`` at a plausible lag (see :func:`cardiac_period`) that stands 0.01 above the lowest ``s`` before it.
+
+    Args:
+        image_HWT: ``[H, W, T]`` grey frames.
+    """
+    from skimage.transform import downscale_local_mean
+
+    image = np.nan_to_num(np.asarray(image_HWT, dtype=np.float64))
+    if image.ndim != 3:
+        raise ValueError(f"image must be [H, W, T], got shape {image.shape}")
+    factor = max(1, math.ceil(max(image.shape[:2]) / max_side))
+    small = downscale_local_mean(image, (factor, factor, 1)) if factor > 1 else image
+    frames = small.reshape(-1, small.shape[-1]).T  # [T, P]
+    frames = frames[:, frames.std(axis=0) > 1e-3]
+    n = len(frames)
+    lo, hi = _lag_range(n, frame_rate)
+    if frames.shape[1] == 0 or hi < lo:
+        return None
+    frames = (frames - frames.mean(axis=1, keepdims=True)) / (frames.std(axis=1, keepdims=True) + 1e-9)
+    similarity = np.array(
+        [np.mean(np.sum(frames[: n - lag] * frames[lag:], axis=1)) / frames.shape[1] for lag in range(hi + 2)]
+    )
+    for lag in range(lo, hi + 1):
+        if similarity[lag] >= similarity[lag - 1] and similarity[lag] > similarity[lag + 1]:
+            if similarity[lag] - similarity[1 : lag + 1].min() >= 0.01:
+                return lag
+    return None
+
+
+def _beat(volumes: np.ndarray, ed: int, es: int, frame_problems: dict[int, str]) -> dict:
+    from .volumes import ejection_fraction_details
+
+    ef, note = ejection_fraction_details(volumes[ed], volumes[es])
+    reason = None
+    for frame, phase in ((ed, "ED"), (es, "ES")):
+        if reason is None and frame in frame_problems:
+            reason = f"frame {frame} ({phase}): {frame_problems[frame]}"
+    if reason is None and not math.isfinite(ef):
+        reason = f"frame {ed} (ED) or {es} (ES): {note}"
+    if reason is None and volumes[ed] <= volumes[es]:
+        reason = f"the ED volume ({volumes[ed]:.4g}) is not above the ES volume ({volumes[es]:.4g})"
+    return {
+        "ed": int(ed),
+        "es": int(es),
+        "edv_ml": float(volumes[ed]),
+        "esv_ml": float(volumes[es]),
+        "ef_percent": float(ef),
+        "accepted": reason is None,
+        "reason": reason,
+    }
+
+
+def _reject(beat: dict, reason: str) -> None:
+    if beat["accepted"]:
+        beat["accepted"], beat["reason"] = False, reason
+
+
+def _periodic_beats(volumes: np.ndarray, period: int, frame_problems: dict[int, str]) -> list[dict]:
+    """Beats of a periodic curve: ED at each cycle's maximum, ES at the minimum inside the systolic window."""
+    filled = _fill_nan(volumes)
+    n = len(filled)
+    light = gaussian_filter1d(filled, max(0.8, period / 20.0), mode="nearest")
+    trend = np.convolve(np.pad(light, period // 2, mode="edge"), np.ones(period) / period, mode="valid")[:n]
+    detection = light - trend
+    spread = float(np.percentile(detection, 95) - np.percentile(detection, 5))
+    candidates, _ = find_peaks(detection, distance=max(1, int(0.7 * period)), prominence=0.25 * spread)
+    # a cine that starts at ED: frame 0 counts when it is as high as the lowest interior ED and no ED is near it
+    starts_at_ed = (
+        len(candidates) > 0
+        and candidates[0] >= 0.7 * period
+        and light[0] >= light[candidates].min() - 0.1 * float(np.ptp(light))
+        and light[0] >= light[1]
+    )
+    if starts_at_ed:
+        candidates = np.concatenate([[0], candidates])
+    reach = max(1, int(round(period / 6.0)))
+    lo_frac, hi_frac = SYSTOLE_FRACTION_RANGE
+    beats: list[dict] = []
+    for candidate in candidates:
+        a, b = max(0, candidate - reach), min(n, candidate + reach + 1)
+        ed = a + int(np.argmax(light[a:b]))
+        w0, w1 = ed + max(1, int(round(lo_frac * period))), ed + int(round(hi_frac * period))
+        if w0 > n - 1:
+            beat = _beat(volumes, ed, n - 1, frame_problems)
+            _reject(beat, f"cut by the cine's end: ES would fall after the last frame ({n - 1})")
+            beats.append(beat)
+            continue
+        es = w0 + int(np.argmin(light[w0 : min(n, w1 + 1)]))
+        beat = _beat(volumes, ed, es, frame_problems)
+        if ed == 0 and not (starts_at_ed and candidate == 0):
+            _reject(beat, "cut by the cine's start: ED on the first frame may lie before it")
+        elif w1 > n - 1 and (es >= n - 2 or not beat["accepted"]):
+            beat["accepted"] = False
+            beat["reason"] = f"cut by the cine's end: its systole runs past the last frame ({n - 1})"
+        elif (es == w1 and es + 1 < n and light[es + 1] < light[es]) or (es == w0 and light[es - 1] < light[es]):
+            _reject(
+                beat,
+                f"no end-systole {lo_frac:.2f}-{hi_frac:.2f} of the period after ED: the lowest volume there is on "
+                f"the window's edge (ED + {es - ed} frames, {(es - ed) / period:.2f} of the period)",
+            )
+        beats.append(beat)
+    return beats
+
+
+def _reject_outliers(beats: list[dict]) -> None:
+    """Reject the beat whose EF lies farthest from the median of the other accepted beats, if it lies beyond
+    ``OUTLIER_EF_POINTS`` and 3 robust SDs of them; repeated while 3 or more other beats remain accepted."""
+    while True:
+        accepted = [b for b in beats if b["accepted"]]
+        if len(accepted) < 4:
+            return
+        efs = np.array([b["ef_percent"] for b in accepted])
+        worst, worst_excess, worst_median = None, 0.0, 0.0
+        for k, beat in enumerate(accepted):
+            others = np.delete(efs, k)
+            median = float(np.median(others))
+            limit = max(OUTLIER_EF_POINTS, 3.0 * 1.4826 * float(np.median(np.abs(others - median))))
+            excess = abs(beat["ef_percent"] - median) - limit
+            if excess > worst_excess:
+                worst, worst_excess, worst_median = beat, excess, median
+        if worst is None:
+            return
+        _reject(
+            worst, f"outlier: EF {worst['ef_percent']:.1f} % against {worst_median:.1f} % (median of the other beats)"
+        )
+
+
+def analyse_beats(
+    volumes_T,
+    frame_rate: float | None = None,
+    frame_problems: dict[int, str] | None = None,
+    image_period: int | None = None,
+) -> dict:
+    """Beats of an LV volume curve, each accepted or rejected with its reason, and the cine's EF over accepted beats.
+
+    A cine that holds more than a cycle (a period is found in the images by :func:`motion_period`, passed as
+    ``image_period``, or else in the curve by :func:`cardiac_period`): each cycle's ED is a maximum
+    of the lightly smoothed curve (maxima found on the curve minus its running mean over a period, at least 0.7 of a
+    period apart), its ES the minimum within ``SYSTOLE_FRACTION_RANGE`` of the period after ED. A beat is rejected
+    when it is cut by the cine's ends, when the minimum lies on the window's edge (no end-systole where the period
+    allows one), when its ED or ES frame has a broken mask (``frame_problems``), when the ED volume is not above the
+    ES volume, or (with 3 or more accepted beats) when its EF is an outlier against the others.
+
+    A cine shorter than a period (a half cycle as CAMUS stores it, ED -> ES), or shorter than ``LONG_CINE_S`` when
+    its period gives no accepted beat (the period of so short a cine is not established), has one pair, the
+    curve's maximum and minimum, rejected only for broken masks, volumes or (with a frame rate) an ED -> ES
+    interval outside ``HALF_CYCLE_SYSTOLE_S``. A long cine (``LONG_CINE_S``, or ``LONG_CINE_FRAMES`` without a frame
+    rate) whose curve is not periodic has that pair rejected: its maximum and minimum need not belong to one beat.
+
+    Args:
+        volumes_T: ``[T]`` LV volumes in ml (or areas), NaN where the frame has no measurable LV.
+        frame_rate: frames per second, if known.
+        frame_problems: ``{frame: reason}`` for frames whose mask cannot be trusted.
+        image_period: the period of the cine's images in frames (:func:`motion_period`), if known: it does not
+            depend on the segmentation, so it is preferred to the curve's own.
+
+    Returns:
+        dict with ``period_frames`` (``None`` without a period), ``period_source`` (``"images"``, ``"lv_curve"`` or
+        ``None``), ``periodicity`` (correlation of the curve with itself one period later, NaN without a period),
+        ``heart_rate_bpm`` (``None`` without period or frame rate), ``beats`` (dicts ``ed``, ``es``, ``edv_ml``,
+        ``esv_ml``, ``ef_percent``, ``accepted``, ``reason``), ``beats_accepted``, ``ef_percent``/``edv_ml``/
+        ``esv_ml`` (means over the accepted beats, NaN without one), ``ef_sd`` (sample SD, NaN with fewer than 2)
+        and ``reason`` (why the EF is NaN, else ``None``).
+    """
+    volumes = np.asarray(volumes_T, dtype=float).ravel()
+    problems = dict(frame_problems or {})
+    n = len(volumes)
+    rate = frame_rate if frame_rate is not None and math.isfinite(frame_rate) and frame_rate > 0 else None
+    period, strength = cardiac_period(volumes, rate)
+    source = "lv_curve" if period is not None else None
+    if image_period is not None:
+        period, strength, source = int(image_period), lag_correlation(volumes, int(image_period), rate), "images"
+    beats: list[dict] = []
+    long_cine = n / rate >= LONG_CINE_S if rate else n >= LONG_CINE_FRAMES
+    if np.isfinite(volumes).sum() >= 2:
+        if period is not None:
+            beats = _periodic_beats(volumes, period, problems)
+        if not beats or (not long_cine and not any(b["accepted"] for b in beats)):
+            # a cine shorter than LONG_CINE whose period gives no beat: the period is not established, the cine is
+            # measured as a half cycle
+            period, strength, source = None, 0.0, None
+            filled = _fill_nan(volumes)
+            ed, es = int(np.argmax(filled)), int(np.argmin(filled))
+            beat = _beat(volumes, ed, es, problems)
+            if ed == es:
+                _reject(beat, "the LV curve is flat: ED and ES are the same frame")
+            elif long_cine and period is None:
+                length = f"{n / rate:.1f} s" if rate else f"{n} frames"
+                _reject(
+                    beat, f"no cardiac period in the LV curve of a {length} cine: ED and ES may be of different beats"
+                )
+            elif rate and not HALF_CYCLE_SYSTOLE_S[0] <= abs(es - ed) / rate <= HALF_CYCLE_SYSTOLE_S[1]:
+                _reject(
+                    beat,
+                    f"ED -> ES interval {abs(es - ed) / rate:.2f} s outside {HALF_CYCLE_SYSTOLE_S[0]}-"
+                    f"{HALF_CYCLE_SYSTOLE_S[1]} s",
+                )
+            beats = [beat]
+    _reject_outliers(beats)
+    accepted = [b for b in beats if b["accepted"]]
+    efs = [b["ef_percent"] for b in accepted]
+    if accepted:
+        reason = None
+    elif not beats:
+        reason = f"no measurable LV volume in {n - int(np.isfinite(volumes).sum())} of {n} frames"
+    else:
+        reason = "no accepted beat: " + "; ".join(f"{b['ed']}->{b['es']}: {b['reason']}" for b in beats)
+    return {
+        "period_frames": period,
+        "period_source": source,
+        "periodicity": strength if period is not None else math.nan,
+        "heart_rate_bpm": 60.0 * rate / period if rate and period else None,
+        "beats": beats,
+        "beats_accepted": len(accepted),
+        "ef_percent": float(np.mean(efs)) if efs else math.nan,
+        "ef_sd": float(np.std(efs, ddof=1)) if len(efs) >= 2 else math.nan,
+        "edv_ml": float(np.mean([b["edv_ml"] for b in accepted])) if accepted else math.nan,
+        "esv_ml": float(np.mean([b["esv_ml"] for b in accepted])) if accepted else math.nan,
+        "reason": reason,
+    }

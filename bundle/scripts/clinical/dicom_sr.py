@@ -59,6 +59,8 @@ SOURCE_KEYS = (
 )
 SERIES_NUMBER = 900  # the SR's series number (an SR series beside the cine's)
 ML = ("ml", "UCUM", "milliliter")
+# The finding of a cine whose verdict is "review" (a code of this bundle's own scheme: DICOM has none for it).
+REVIEW_FINDING = ("REVIEW", "99GDKVM", "Automated measurement requires review")
 
 
 class SRUnavailableError(Exception):
@@ -81,14 +83,34 @@ def bundle_version() -> str:
 
 
 def sr_problem(meta: Mapping[str, Any], report: Mapping[str, Any]) -> str | None:
-    """Why no SR can be written for a cine with loader ``meta`` and ``cine_report`` ``report``, or ``None``."""
+    """Why no SR can be written for a cine with loader ``meta`` and measured ``report``, or ``None``.
+
+    ``report``: :func:`scripts.clinical.measure_cine` (with ``quality``) or :func:`scripts.clinical.cine_report`.
+    """
     if meta.get("format") != "dicom":
         return f"the input is {meta.get('format') or 'not a DICOM file'}, not DICOM: an SR must reference a DICOM cine"
     if not meta.get("spacing_known"):
-        return "the DICOM has no pixel spacing (no calibrated ultrasound region): volumes in ml are unknown"
-    if not any(math.isfinite(b["ef_percent"]) for b in report["beats"]):
-        return f"no beat with a measurable EF ({report.get('reason')})"
+        reason = meta.get("spacing_problem") or "the DICOM has no pixel spacing (no calibrated ultrasound region)"
+        return f"{reason}: volumes in ml are unknown"
+    quality = report.get("quality") or {}
+    if quality.get("verdict") == "reject":
+        return "verdict reject: " + "; ".join(quality.get("reasons") or [])
+    if not _reported_beats(report):
+        return f"no accepted beat with a measurable EF ({report.get('reason')})"
     return None
+
+
+def _reported_beats(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The beats an SR carries: accepted ones (every beat for a report without ``accepted``) with a finite EF."""
+    return [b for b in report["beats"] if b.get("accepted", True) and math.isfinite(b["ef_percent"])]
+
+
+def device_uid(model: Mapping[str, Any] | None, algorithm_version: str) -> str:
+    """A UID for the device observer that is the same for the same weights (derived from their checksum)."""
+    from pydicom.uid import generate_uid
+
+    key = (model or {}).get("sha256") or f"GDKVM echo bundle {algorithm_version}"
+    return generate_uid(entropy_srcs=["GDKVM echo bundle device", str(key)])
 
 
 def _source_evidence(source: Dataset) -> Dataset:
@@ -132,15 +154,18 @@ def build_lv_sr(
     meta: Mapping[str, Any],
     lv_label: int = 1,
     algorithm_version: str = "unknown",
+    model: Mapping[str, Any] | None = None,
 ) -> Any:
     """The TID 1500 Comprehensive 3D SR of one cine (see the module docstring for the content tree).
 
     Args:
         source: the source cine's dataset (pixel data not needed).
         labels_HWT: ``[H, W, T]`` labels on the loader's (cropped) grid, as measured by ``report``.
-        report: :func:`scripts.clinical.cine_report` of ``labels_HWT``.
+        report: :func:`scripts.clinical.measure_cine` of ``labels_HWT`` (its ``quality`` decides what is written).
         meta: the loader's metadata (``format``, ``spacing``, ``spacing_known``, ``crop``).
         algorithm_version: recorded as the algorithm's version (the bundle version).
+        model: :func:`scripts.checkpoint.model_identity` of the weights (checksum, training data), recorded as the
+            algorithm's parameters and the source of the device observer's UID.
 
     Raises:
         SRUnavailableError: the input cannot have an SR (see :func:`sr_problem`).
@@ -158,11 +183,21 @@ def build_lv_sr(
     ml = Code(*ML)
     labels = np.asarray(labels_HWT)
     spacing = tuple(float(s) for s in meta["spacing"])
-    algorithm = hd.sr.AlgorithmIdentification(name="GDKVM echo LV segmentation", version=algorithm_version)
+    model = dict(model or {})
+    verdict = (report.get("quality") or {}).get("verdict", "ok")
+    parameters = [
+        f"weights sha256 {model.get('sha256', 'unknown')}",
+        f"trained on {model.get('trained_on', 'not recorded')}",
+        "research use only",
+        f"verdict {verdict}",
+    ]
+    algorithm = hd.sr.AlgorithmIdentification(
+        name="GDKVM echo LV segmentation", version=algorithm_version, parameters=parameters
+    )
     method = codes.DCM.MethodOfDisksSinglePlane
     lv = codes.SCT.LeftVentricle
     groups: list[Any] = []
-    valid = [b for b in report["beats"] if math.isfinite(b["ef_percent"])]
+    valid = _reported_beats(report)
 
     def frame_source(*frames: int) -> list[Any]:
         numbers = [int(f) + 1 for f in frames]
@@ -217,6 +252,9 @@ def build_lv_sr(
         )
     mean = codes.SCT.Mean if len(valid) > 1 else None
     frames = sorted({int(b[p]) for b in valid for p in ("ed", "es")})
+    if verdict != "ok":
+        groups.append(_review_group(hd, algorithm, frame_source(*frames), report))
+        return _assemble(hd, evidence, groups, model, algorithm_version, verdict)
     groups.append(
         hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
@@ -235,10 +273,55 @@ def build_lv_sr(
             ],
         )
     )
+    return _assemble(hd, evidence, groups, model, algorithm_version, verdict)
+
+
+def _review_group(hd: Any, algorithm: Any, source_images: list[Any], report: Mapping[str, Any]) -> Any:
+    """A measurement group that says the cine's numbers need review: a coded finding and the reasons as text.
+
+    It takes the place of the cine's summary (mean LVEF, EDV, ESV), which is written only for verdict "ok".
+    """
+    from pydicom.sr.coding import Code
+
+    codes = _codes()
+    reasons = (report.get("quality") or {}).get("reasons") or ["not stated"]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(), identifier="LV function: review required"),
+        finding_type=codes.SCT.LeftVentricle,
+        algorithm_id=algorithm,
+        source_images=source_images,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=Code(*REVIEW_FINDING)),
+        ],
+    )
+    text = "; ".join(str(r) for r in reasons)[:1024]
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.DCM.Comment, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+    )
+    return group
+
+
+def _uid() -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid()
+
+
+def _assemble(
+    hd: Any, evidence: Dataset, groups: list[Any], model: Mapping[str, Any], algorithm_version: str, verdict: str
+) -> Any:
+    """The Comprehensive 3D SR around ``groups``, observed by the device that the model's checksum names."""
+    codes = _codes()
+    checksum = str(model.get("sha256", ""))[:16] or None
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(), name="GDKVM echo bundle", model_name=f"GDKVM {algorithm_version}"
+            uid=device_uid(model, algorithm_version),
+            name="GDKVM echo bundle",
+            model_name=f"GDKVM {algorithm_version}",
+            serial_number=checksum,
         ),
     )
     content = hd.sr.MeasurementReport(
@@ -246,15 +329,16 @@ def build_lv_sr(
         procedure_reported=codes.SCT.Echocardiography,
         imaging_measurements=groups,
     )
+    description = "LV function (GDKVM, Simpson), research use only" + (", REVIEW" if verdict != "ok" else "")
     sr = hd.sr.Comprehensive3DSR(
         evidence=[evidence],
         content=content[0],
         series_number=SERIES_NUMBER,
-        series_instance_uid=generate_uid(),
-        sop_instance_uid=generate_uid(),
+        series_instance_uid=_uid(),
+        sop_instance_uid=_uid(),
         instance_number=1,
         manufacturer="GDKVM echo bundle",
-        series_description="LV function (GDKVM, single-plane Simpson)",
+        series_description=description,
     )
     if str(evidence.get("IssuerOfPatientID", "")):
         sr.IssuerOfPatientID = evidence.IssuerOfPatientID
@@ -269,6 +353,7 @@ def write_lv_sr(
     out_path: str | Path,
     lv_label: int = 1,
     algorithm_version: str = "unknown",
+    model: Mapping[str, Any] | None = None,
 ) -> Path:
     """Build the SR of :func:`build_lv_sr` for the DICOM ``source_path`` and write it atomically to ``out_path``.
 
@@ -281,7 +366,9 @@ def write_lv_sr(
     if problem is not None:
         raise SRUnavailableError(problem)
     source = pydicom.dcmread(source_path, stop_before_pixels=True)
-    sr = build_lv_sr(source, labels_HWT, report, meta, lv_label=lv_label, algorithm_version=algorithm_version)
+    sr = build_lv_sr(
+        source, labels_HWT, report, meta, lv_label=lv_label, algorithm_version=algorithm_version, model=model
+    )
     out = Path(out_path)
     with atomic_paths(out) as (tmp,):
         sr.save_as(tmp, enforce_file_format=True)

@@ -16,9 +16,9 @@ from skimage.draw import polygon_perimeter
 from skimage.measure import find_contours
 
 from ._io import atomic_paths, json_safe
-from .cycle import find_ed_es
+from .cycle import analyse_beats
 from .plots import volume_curve_figure
-from .volumes import ejection_fraction_details, lv_volume_details
+from .volumes import lv_volume_details
 
 STRUCTURE_NAMES = {1: "LV", 2: "myocardium", 3: "LA"}
 STRUCTURE_COLOURS = {1: (230, 50, 50), 2: (40, 200, 60), 3: (60, 140, 255)}  # CAMUS label -> RGB
@@ -35,31 +35,35 @@ def _as_hwt(array, name: str) -> np.ndarray:
     return arr
 
 
-def _mean_or_nan(values: list[float]) -> float:
-    good = [v for v in values if math.isfinite(v)]
-    return float(np.mean(good)) if good else math.nan
+def cine_report(
+    labels_HWT,
+    spacing_mm,
+    frame_rate: float | None = None,
+    lv_label: int = 1,
+    n_disks: int = 20,
+    image_period: int | None = None,
+) -> dict:
+    """Clinical numbers of one segmented cine: per-frame LV area and volume, beats, EDV, ESV and EF.
 
-
-def cine_report(labels_HWT, spacing_mm, frame_rate: float | None = None, lv_label: int = 1, n_disks: int = 20) -> dict:
-    """Clinical numbers of one segmented cine: per-frame LV area and volume, ED/ES per beat, EDV, ESV and EF.
-
-    Volumes are single-plane Simpson (method of disks) per frame; ED and ES come from the volume curve
-    (``find_ed_es``); EDV/ESV/EF are per beat and, at the top level, the mean over beats with a valid EF.
+    Volumes are single-plane Simpson (method of disks) per frame; beats come from the volume curve
+    (:func:`scripts.clinical.cycle.analyse_beats`: period, ED/ES per beat, each accepted or rejected with a
+    reason); EDV/ESV/EF at the top level are the means over the accepted beats.
 
     Args:
         labels_HWT: ``[H, W, T]`` (or channel-first ``[1, H, W, T]``, the data contract's layout) integer labels,
             time last; the LV cavity is ``lv_label``.
         spacing_mm: (row, column) pixel spacing in mm.
-        frame_rate: frames per second (for ``time_s`` and the ED/ES minimum separation), if known.
+        frame_rate: frames per second (for ``time_s`` and the plausible heart rates), if known.
         lv_label: label value of the LV cavity (1 in CAMUS numbering).
+        image_period: the period of the cine's images in frames (:func:`scripts.clinical.motion_period`), if known.
 
     Returns:
         dict with ``n_frames``, ``frame_rate``, ``spacing_mm``, ``lv_label``, ``volume_method``, ``n_disks``,
         ``time_s`` (``[T]`` or ``None``), ``area_mm2``/``volume_ml``/``length_mm`` (``[T]`` floats, NaN where not
-        measurable), ``frame_reasons`` (``{frame: reason}`` for NaN volumes), ``beats`` (list of dicts ``ed``,
-        ``es``, ``edv_ml``, ``esv_ml``, ``ef_percent``, ``reason``), ``ed_index``/``es_index`` (first beat, or
-        ``None``), ``edv_ml``, ``esv_ml``, ``ef_percent`` (means over valid beats) and ``reason`` (why EF is NaN,
-        else ``None``).
+        measurable), ``frame_reasons`` (``{frame: reason}`` for NaN volumes), the keys of ``analyse_beats``
+        (``period_frames``, ``period_source``, ``periodicity``, ``heart_rate_bpm``, ``beats`` with ``accepted`` and
+        ``reason``, ``beats_accepted``, ``ef_percent``, ``ef_sd``, ``edv_ml``, ``esv_ml``, ``reason``) and
+        ``ed_index``/``es_index`` (first accepted beat, else first beat, else ``None``).
     """
     labels = _as_hwt(labels_HWT, "labels")
     spacing = tuple(float(s) for s in np.asarray(spacing_mm, dtype=float).ravel())
@@ -67,23 +71,8 @@ def cine_report(labels_HWT, spacing_mm, frame_rate: float | None = None, lv_labe
     results = [lv_volume_details(labels[..., t] == lv_label, spacing, n_disks=n_disks) for t in range(n_frames)]
     volumes = [r.volume_ml for r in results]
     frame_reasons = {t: r.reason for t, r in enumerate(results) if r.reason is not None}
-    pairs = find_ed_es(volumes, frame_rate=frame_rate)
-    beats = []
-    for ed, es in pairs:
-        ef, note = ejection_fraction_details(volumes[ed], volumes[es])
-        if not math.isfinite(ef):
-            note = f"frame {ed} (ED) or {es} (ES): {frame_reasons.get(ed) or frame_reasons.get(es) or note}"
-        beats.append(
-            {"ed": ed, "es": es, "edv_ml": volumes[ed], "esv_ml": volumes[es], "ef_percent": ef, "reason": note}
-        )
-    valid = [b for b in beats if math.isfinite(b["ef_percent"])]
-    if not pairs:
-        reason = f"no measurable LV volume in {n_frames - sum(map(math.isfinite, volumes))} of {n_frames} frames"
-    elif not valid:
-        reason = "; ".join(b["reason"] for b in beats)
-    else:
-        reason = None
-    first = (valid or beats or [{"ed": None, "es": None}])[0]
+    beats = analyse_beats(volumes, frame_rate=frame_rate, frame_problems=frame_reasons, image_period=image_period)
+    first = ([b for b in beats["beats"] if b["accepted"]] or beats["beats"] or [{"ed": None, "es": None}])[0]
     return {
         "n_frames": n_frames,
         "frame_rate": frame_rate,
@@ -96,13 +85,9 @@ def cine_report(labels_HWT, spacing_mm, frame_rate: float | None = None, lv_labe
         "volume_ml": volumes,
         "length_mm": [r.length_mm for r in results],
         "frame_reasons": frame_reasons,
-        "beats": beats,
+        **beats,
         "ed_index": first["ed"],
         "es_index": first["es"],
-        "edv_ml": _mean_or_nan([b["edv_ml"] for b in valid]),
-        "esv_ml": _mean_or_nan([b["esv_ml"] for b in valid]),
-        "ef_percent": _mean_or_nan([b["ef_percent"] for b in valid]),
-        "reason": reason,
     }
 
 

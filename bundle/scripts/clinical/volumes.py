@@ -163,7 +163,10 @@ def _resample_closed(contour: np.ndarray, n_points: int) -> np.ndarray:
 
 
 def _find_mitral_plane(points: np.ndarray, tol_mm: float, max_angle_deg: float) -> tuple[int, int] | None:
-    """The mitral plane as the longest near-horizontal straight stretch of a closed contour.
+    """The mitral plane as the longest near-horizontal straight stretch of a closed contour, below its centre.
+
+    Apical views show the apex toward the probe, at the top of the image: a straight stretch above the contour's
+    mean row (a flat or cut-off apex) is not the annulus.
 
     Args:
         points: closed contour ``[M, 2]`` (row, column) in mm, equally spaced by arc length.
@@ -184,7 +187,10 @@ def _find_mitral_plane(points: np.ndarray, tol_mm: float, max_angle_deg: float) 
     between = np.arange(max_span + 1)[None, :] < np.arange(max_span + 1)[:, None]  # [s, k]: k < s
     max_dist = (np.where(between[None], np.abs(cross), 0.0).max(axis=2)) / np.maximum(length, _EPS)
     flat = np.abs(chord[..., 0]) <= math.tan(math.radians(max_angle_deg)) * np.abs(chord[..., 1]) + _EPS
-    ok = (max_dist <= tol_mm) & flat & (np.arange(max_span + 1)[None, :] >= 2)
+    # apical views have the probe, and so the apex, at the top: the annulus lies on the lower half of the contour
+    chord_mid_row = points[:, None, 0] + chord[..., 0] / 2.0
+    below = chord_mid_row > points[:, 0].mean()
+    ok = (max_dist <= tol_mm) & flat & below & (np.arange(max_span + 1)[None, :] >= 2)
     if not ok.any():
         return None
     start, span = np.unravel_index(int(np.argmax(np.where(ok, length, -1.0))), ok.shape)
@@ -201,7 +207,8 @@ def lv_geometry(
         2. Trace the sub-pixel contour (``skimage.measure.find_contours`` at level 0.5 on the zero-padded mask)
            and scale it by the (row, column) spacing to millimetres, i.e. to an isotropic frame.
         3. Mitral plane: resample the contour by arc length (about 1 mm steps) and take the longest chord between
-           two contour points whose line is at most 45 degrees from horizontal and whose intermediate contour
+           two contour points whose line is at most 45 degrees from horizontal, whose middle lies below the
+           contour's mean row (apical views: apex up, toward the probe) and whose intermediate contour
            points (the shorter way round) lie within ``max(annulus_tol_mm, 1.5 pixels)`` of the chord.
         4. Middle of the annulus: the contour point halfway (by arc length) between the chord's ends, which lies
            on the valve plane itself even when the chord rides slightly up a flaring wall.

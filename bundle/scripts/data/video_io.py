@@ -39,6 +39,7 @@ LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mhd", ".mha", ".nrrd")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv")
+PLAUSIBLE_SPACING_MM = (0.01, 5.0)  # echo pixels are ~0.05-1 mm; outside this a header's calibration is broken
 
 
 def cine_format(path: str | Path) -> str:
@@ -115,10 +116,24 @@ def cine_affine(spacing_mm: Sequence[float]) -> np.ndarray:
     return np.diag([row, col, 1.0, 1.0])
 
 
+def spacing_problem(spacing_mm: Sequence[float]) -> str | None:
+    """Why a stated (row, column) pixel spacing in mm cannot be an echo's, or ``None`` (NaN: not stated, no problem)."""
+    values = [float(s) for s in spacing_mm]
+    if not any(math.isfinite(s) for s in values):
+        return None
+    lo, hi = PLAUSIBLE_SPACING_MM
+    if not all(math.isfinite(s) and lo <= s <= hi for s in values):
+        shown = " x ".join(f"{s:.4g}" for s in values)
+        return f"pixel spacing {shown} mm is outside the plausible {lo}-{hi} mm of an echo: volumes not calibrated"
+    return None
+
+
 def _meta(path: str | Path, fmt: str, shape: tuple[int, ...], spacing: Sequence[float], frame_rate: float) -> dict:
     spacing = (float(spacing[0]), float(spacing[1]))
-    known = all(math.isfinite(s) and s > 0 for s in spacing)
+    problem = spacing_problem(spacing)
+    known = problem is None and all(math.isfinite(s) and s > 0 for s in spacing)
     return {
+        "spacing_problem": problem,
         "filename_or_obj": str(path),
         "format": fmt,
         "spacing": spacing if known else (math.nan, math.nan),
@@ -132,19 +147,34 @@ def _meta(path: str | Path, fmt: str, shape: tuple[int, ...], spacing: Sequence[
 
 
 # --------------------------------------------------------------------------------------------------- DICOM
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _dicom_frame_rate_problem(ds: Any) -> str | None:
+    """What the header says about the frame timing when no frame rate can be taken from it, else ``None``."""
+    if "FrameTime" in ds and _positive(ds.get("FrameTime")) is None:
+        return f"FrameTime = {ds.get('FrameTime')!s} ms is not a positive number"
+    return "no FrameTime, FrameTimeVector, CineRate or RecommendedDisplayFrameRate in the header"
+
+
 def _dicom_frame_rate(ds: Any) -> float:
-    ft = ds.get("FrameTime")
-    if ft is not None and float(ft) > 0:
-        return 1000.0 / float(ft)
+    ft = _positive(ds.get("FrameTime"))
+    if ft is not None:
+        return 1000.0 / ft
     ftv = ds.get("FrameTimeVector")
     if ftv is not None and len(ftv) > 1:
         steps = np.asarray([float(v) for v in ftv][1:])
-        if (steps > 0).all():
+        if np.isfinite(steps).all() and (steps > 0).all():
             return 1000.0 / float(steps.mean())
     for key in ("CineRate", "RecommendedDisplayFrameRate"):
-        v = ds.get(key)
-        if v is not None and float(v) > 0:
-            return float(v)
+        v = _positive(ds.get(key))
+        if v is not None:
+            return v
     return math.nan
 
 
@@ -302,6 +332,13 @@ def _load_dicom(path: str | Path, crop_to_region: bool) -> tuple[np.ndarray, dic
     meta = _meta(path, "dicom", (H, W, T), spacing, _dicom_frame_rate(ds))
     meta["crop"] = crop
     meta["photometric_interpretation"] = pi
+    meta["modality"] = str(ds.get("Modality", "")) or None
+    meta["ultrasound_regions"] = [
+        {"data_type": int(r.get("RegionDataType", 0)), "spatial_format": int(r.get("RegionSpatialFormat", 0))}
+        for r in ds.get("SequenceOfUltrasoundRegions", [])
+    ]
+    if not math.isfinite(meta["frame_rate"]):
+        meta["frame_rate_problem"] = _dicom_frame_rate_problem(ds)
     return out, meta
 
 

@@ -96,6 +96,11 @@ def differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: st
     return found
 
 
+# ``trained_with`` entries that describe the training for the record (shown in reports and the DICOM SR) without
+# being settings that inference must match.
+INFORMATIVE_KEYS = ("data",)
+
+
 class SelfDescribingModule(nn.Module):
     """Mixin for the network classes: saves :meth:`description` with the weights and checks it on load.
 
@@ -132,11 +137,14 @@ class SelfDescribingModule(nn.Module):
             found += differences(saved_arch, my_arch, "architecture.")
         saved_with = state.get("trained_with")
         if saved_with is not None and getattr(self, "trained_with", None) is not None:
-            found += differences(saved_with, mine["trained_with"], "trained_with.")
+            # what the training recorded only for the record (INFORMATIVE_KEYS, e.g. the training data) is not a
+            # setting that serving must repeat
+            compared = {k: v for k, v in saved_with.items() if k not in INFORMATIVE_KEYS or k in self.trained_with}
+            found += differences(compared, mine["trained_with"], "trained_with.")
         if found:
             raise CheckpointMismatchError(found)
-        if saved_with is not None and getattr(self, "trained_with", None) is None:
-            self.trained_with = dict(saved_with)
+        if saved_with is not None:
+            self.trained_with = {**dict(saved_with), **dict(getattr(self, "trained_with", None) or {})}
 
     def _load_from_state_dict(
         self,
