@@ -127,7 +127,11 @@ def test_one_sr_per_good_cine_with_the_json_values(app_run, inputs: Path) -> Non
         for name in summary["outputs"].values():
             assert (out / stem).parent.joinpath(name).stat().st_size > 0
     assert not [p for p in out.rglob(".*")], "temporary files left"
-    assert "7 input(s): 2 SR(s) written, 5 failed" in result.stdout
+    assert re.search(
+        r"7 input\(s\): 2 SR\(s\) written \(\d ok, \d review\), 0 rejected, 5 failed otherwise", result.stdout
+    )
+    for line in [line for line in result.stdout.splitlines() if "_sr.dcm" in line]:  # the verdict with every EF
+        assert re.search(r"\d+ of \d+ beat\(s\) accepted\), verdict (ok|review)", line), line
 
 
 def test_bad_inputs_one_line_each_and_nonzero_exit(app_run, inputs: Path) -> None:
@@ -153,7 +157,8 @@ def test_same_results_as_the_bundle_inference_command(app_run, inputs: Path, tmp
     result = run_bundle_inference(data, bundle_out, tmp_path, "--keep_aspect", "True", "--write_sr", "True")
     assert result.returncode == 0, result.stderr[-3000:]
     mine, theirs = (json.loads((d / "apical_seg.json").read_text()) for d in (out, bundle_out))
-    for key in ("ef_percent", "edv_ml", "esv_ml", "ed_es_pairs", "area_mm2", "crop", "spacing_mm", "outputs"):
+    keys = ("ef_percent", "edv_ml", "esv_ml", "ed_es_pairs", "area_mm2", "crop", "spacing_mm", "outputs", "beats")
+    for key in (*keys, "ef_sd", "beats_accepted", "quality"):
         assert mine[key] == theirs[key], key
     a, b = (nib.load(d / "apical_seg.nii.gz") for d in (out, bundle_out))
     assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine)
@@ -181,7 +186,8 @@ def test_a_gdkvm_from_ckpt_export_runs_through_the_app(inputs: Path, tmp_path: P
     assert result.returncode == 1, result.stderr[-3000:]
     assert "'spatial_size': 64" in result.stderr  # "serving <model.ts> as trained: {...}"
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("input failed: ")]
-    assert line.startswith(f"input failed: {inputs / 'apical.dcm'}: no DICOM SR: no beat with a measurable EF"), line
+    assert line.startswith(f"input failed: {inputs / 'apical.dcm'}: no DICOM SR: verdict reject: an LV is"), line
+    assert "1 rejected" in result.stdout
     assert not out.exists() or not list(out.iterdir())
 
     torch.save(small_gdkvm().state_dict(), model_dir / "model.pt")  # other random weights, same description
@@ -240,7 +246,7 @@ def test_a_renamed_model_ts_is_served_and_one_without_a_bundle_config_refused(in
     out = tmp_path / "out"
     result = run_app(inputs / "apical.dcm", out, renamed)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / "apical_sr.dcm").is_file() and "1 SR(s) written, 0 failed" in result.stdout
+    assert (out / "apical_sr.dcm").is_file() and "1 SR(s) written" in result.stdout and "0 failed" in result.stdout
 
     no_config = tmp_path / "no_config"
     save_scripted(torch.jit.script(BeatingLV()), no_config / "model.ts", description)

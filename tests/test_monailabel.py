@@ -223,6 +223,16 @@ def test_served_as_trained_equals_the_bundles_own_inference(server: dict, record
         served = np.asarray(nib.load(str(work / f"{stem}_label.nii.gz")).dataobj)
         expected = np.asarray(nib.load(str(standalone / f"{stem}_seg.nii.gz")).dataobj)
         np.testing.assert_array_equal(served, expected, err_msg=stem)
+        # the result JSON carries the measurement of the bundle's seg.json: EF over accepted beats and the verdict
+        status, body = call(f"{server['base']}/infer/{NAME}?image={stem}&output=json", method="POST")
+        assert status == 200, body[-500:]
+        measured = json.loads(body)["lv_measurement"]
+        summary = json.loads((standalone / f"{stem}_seg.json").read_text())
+        for key in ("quality", "beats", "beats_accepted", "ed_es_pairs", "period_frames", "ef_percent", "model"):
+            assert (
+                measured[key] == pytest.approx(summary[key]) if key == "ef_percent" else measured[key] == summary[key]
+            )
+        assert measured["quality"]["verdict"] in ("ok", "review", "reject") and len(measured["model"]["sha256"]) == 64
     scores = {}
     for stem, gt in server["truth"].items():
         served = np.asarray(nib.load(str(work / f"{stem}_label.nii.gz")).dataobj)

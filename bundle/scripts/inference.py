@@ -272,7 +272,6 @@ class SaveCineResultd(MapTransform):
             labels, spacing if known else None, rate, meta, original, confidence, lv_label=self.lv_label
         )
         accepted = [b for b in report["beats"] if b["accepted"]]
-        area_key = "area_mm2" if known else "area_px"
         summary = {
             "input": str(source),
             "format": meta.get("format"),
@@ -282,20 +281,8 @@ class SaveCineResultd(MapTransform):
             "crop": meta.get("crop"),
             "spacing_mm": list(spacing) if known else None,
             "frame_rate": rate,
-            "quality": report["quality"],
-            "ed_es_pairs": [[b["ed"], b["es"]] for b in accepted],
-            "ed_index": report["ed_index"],
-            "es_index": report["es_index"],
-            area_key: report["area_mm2"],
-            "edv_ml": report["edv_ml"] if known else None,
-            "esv_ml": report["esv_ml"] if known else None,
-            "ef_percent": report["ef_percent"],
-            "ef_sd": report["ef_sd"],
-            "beats_accepted": report["beats_accepted"],
-            "period_frames": report["period_frames"],
-            "heart_rate_bpm": report["heart_rate_bpm"],
-            "beats": [b if known else {**b, "edv_ml": None, "esv_ml": None} for b in report["beats"]],
-            "reason": report["reason"],
+            "area_mm2" if known else "area_px": report["area_mm2"],
+            **clinical.measurement_summary(report),
             "lv_postprocessing": "largest connected LV component per frame (measurements only; the NIfTI is raw)",
             "model": self.model,
         }

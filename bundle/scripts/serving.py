@@ -48,14 +48,29 @@ class LabelToInputGeometryd(MapTransform):
     ``keep_aspect`` must match the ``ResizeCined`` of the preprocessing. With a user's corrections
     (``corrected_frames`` and ``corrections_drawn`` of :class:`scripts.corrections.LoadCorrectionsd`) those frames are
     the drawn labels, at the input's resolution.
+
+    With ``measure=True`` the labels are also measured as the bundle's inference measures them
+    (:func:`scripts.clinical.measure_cine`, with ``d["lv_confidence"]`` of :class:`scripts.inference.LVConfidenced`)
+    and ``d["result"]["lv_measurement"]`` holds :func:`scripts.clinical.measurement_summary` (EF over the accepted
+    beats, the beats, the verdict) and the model's identity: MONAI Label returns ``d["result"]`` as the result JSON.
     """
 
     def __init__(
-        self, keys: Sequence[Hashable] = ("pred",), image_key: str = "image", keep_aspect: bool = False
+        self,
+        keys: Sequence[Hashable] = ("pred",),
+        image_key: str = "image",
+        keep_aspect: bool = False,
+        measure: bool = False,
+        model_file: str | os.PathLike | None = None,
+        lv_label: int = 1,
     ) -> None:
         super().__init__(keys)
         self.image_key = image_key
         self.keep_aspect = keep_aspect
+        self.measure = measure
+        self.model_file = model_file
+        self.lv_label = int(lv_label)
+        self._model: dict[str, str] | None = None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -72,6 +87,11 @@ class LabelToInputGeometryd(MapTransform):
             height, width = original.shape[0], original.shape[1]
             labels = restore_labels(pred_hwt, height, width, cine_meta["spacing"], self.keep_aspect)
             labels = put_drawn_frames(labels, d)  # a user's corrected frames come back exactly as drawn
+            if self.measure:
+                d["result"] = {
+                    **dict(d.get("result") or {}),
+                    "lv_measurement": self._measurement(labels, d, original, cine_meta),
+                }
             nifti = label_nifti_like_input(labels, source, cine_meta)
             array = np.asanyarray(nifti.dataobj).astype(np.uint8)
             d[key] = torch.as_tensor(array[None])
@@ -79,6 +99,32 @@ class LabelToInputGeometryd(MapTransform):
                 meta["spatial_shape"] = np.asarray(array.shape)
                 meta["original_affine"] = np.asarray(nifti.affine, dtype=np.float64)
         return d
+
+    def _measurement(
+        self, labels_HWT: np.ndarray, d: Mapping[Hashable, Any], image_HWT: np.ndarray, meta: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The JSON-ready measurement of the returned labels ``[H, W, T]`` on the cine's grid."""
+        import math
+
+        from scripts.clinical import measure_cine, measurement_summary
+        from scripts.clinical._io import json_safe
+
+        spacing = tuple(float(s) for s in meta["spacing"]) if meta.get("spacing_known") else None
+        rate = float(meta.get("frame_rate", math.nan))
+        report = measure_cine(
+            labels_HWT,
+            spacing,
+            rate if math.isfinite(rate) and rate > 0 else None,
+            meta,
+            image_HWT,
+            d.get("lv_confidence"),
+            lv_label=self.lv_label,
+        )
+        if self._model is None and self.model_file is not None and Path(self.model_file).is_file():
+            from scripts.checkpoint import model_identity
+
+            self._model = model_identity(self.model_file)
+        return json_safe({**measurement_summary(report), "model": self._model})
 
 
 def datastore_layout_problem(folder: str | os.PathLike) -> str | None:

@@ -99,7 +99,9 @@ class EchoLVApp(Application):
             name="echo_bundle_inference",
         )
         measurements = EchoMeasurementsOperator(self, ledger=self.ledger, name="echo_measurements")
-        writer = EchoResultWriterOperator(self, output_dir=output_dir, ledger=self.ledger, name="echo_sr_writer")
+        writer = EchoResultWriterOperator(
+            self, output_dir=output_dir, ledger=self.ledger, model_file=self.served.path, name="echo_sr_writer"
+        )
         self.add_flow(loader, inference, {("cine", "cine")})
         self.add_flow(inference, measurements, {("seg", "seg")})
         self.add_flow(measurements, writer, {("measured", "measured")})
@@ -115,7 +117,13 @@ class EchoLVApp(Application):
         for path in unfinished:  # the graph stopped before this input reached the writer
             self.ledger.fail(path, "not processed (the application stopped early)")
         n_failed = len(self.ledger.failed)
-        print(f"{len(self.files)} input(s): {len(self.ledger.written)} SR(s) written, {n_failed} failed", flush=True)
+        verdicts = [w["verdict"] for w in self.ledger.written]
+        rejected = sum(1 for path, _ in self.ledger.failed if self.ledger.verdicts.get(path) == "reject")
+        print(
+            f"{len(self.files)} input(s): {len(self.ledger.written)} SR(s) written ({verdicts.count('ok')} ok, "
+            f"{verdicts.count('review')} review), {rejected} rejected, {n_failed - rejected} failed otherwise",
+            flush=True,
+        )
         for path, steps in self.ledger.seconds.items():
             logger.info("%s: %s", path, ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
         return 1 if n_failed else 0

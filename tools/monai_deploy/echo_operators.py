@@ -38,6 +38,7 @@ class Ledger:
 
     failed: list[tuple[str, str]] = field(default_factory=list)
     written: list[dict[str, Any]] = field(default_factory=list)
+    verdicts: dict[str, str] = field(default_factory=dict)  # input -> the verdict of its measurement
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def fail(self, path: str | Path, problem: str) -> None:
@@ -223,10 +224,13 @@ class EchoBundleInferenceOperator(MonaiBundleInferenceOperator):
             cine["path"], "inference", lambda: self._segment(cine), lambda e, problem: f"inference failed: {problem}"
         )
         if pred is not None:
-            op_output.emit({**cine, "pred": pred, "keep_aspect": self.keep_aspect}, "seg")
+            labels, confidence = pred
+            op_output.emit({**cine, "pred": labels, "confidence": confidence, "keep_aspect": self.keep_aspect}, "seg")
 
-    def _segment(self, cine: dict[str, Any]) -> np.ndarray:
-        """Labels ``[1, h, w, T]`` (uint8, network resolution) of the loader's cine."""
+    def _segment(self, cine: dict[str, Any]) -> tuple[np.ndarray, list[float]]:
+        """Labels ``[1, h, w, T]`` (uint8, network resolution) of the loader's cine and the network's per-frame
+        confidence in its LV (:func:`scripts.clinical.lv_confidence`, ``[T]``)."""
+        from scripts.clinical import lv_confidence
         from scripts.data.video_io import to_meta_tensor
 
         if self._model_network is None:
@@ -246,15 +250,17 @@ class EchoBundleInferenceOperator(MonaiBundleInferenceOperator):
                     f"the network gave logits of shape {tuple(logits.shape)}, expected "
                     f"[1, {self.num_classes}, H, W, T] for labels {self.served.settings['labels']!r}"
                 )
+            confidence = lv_confidence(torch.softmax(logits[0].float().cpu(), dim=0).numpy())
             out = self.post_process(logits[0].cpu(), **{self.kw_preprocessed_inputs: data})
-        return np.asarray(torch.as_tensor(out["pred"]).cpu()).astype(np.uint8)
+        return np.asarray(torch.as_tensor(out["pred"]).cpu()).astype(np.uint8), confidence
 
 
 class EchoMeasurementsOperator(Operator):
-    """LV measurements of a segmented cine with the bundle's clinical code: labels back on the cine's grid, the
-    largest LV component per frame, ED/ES per beat, single-plane Simpson EDV/ESV and EF per beat and overall
-    (:func:`scripts.clinical.cine_report`). A cine without a beat with a measurable EF, or without calibrated spacing,
-    cannot have an SR: it fails here, before anything is written."""
+    """LV measurements of a segmented cine with the bundle's clinical code (:func:`scripts.clinical.measure_cine`,
+    as the bundle's inference makes them): labels back on the cine's grid, the largest LV component per frame, beats
+    accepted or rejected, single-plane Simpson EDV/ESV and EF over the accepted beats, and the verdict. A cine whose
+    verdict is "reject", without an accepted beat or without calibrated spacing cannot have an SR: it fails here,
+    before anything is written."""
 
     def __init__(self, fragment: Fragment, *args: Any, ledger: Ledger, lv_label: int = 1, **kw: Any) -> None:
         self.ledger, self.lv_label = ledger, lv_label
@@ -274,21 +280,17 @@ class EchoMeasurementsOperator(Operator):
         """The clinical report of one segmented cine; :class:`InputError` when it cannot have an SR."""
         from scripts import clinical
         from scripts.clinical.dicom_sr import sr_problem
-        from scripts.clinical.evaluation import largest_component
         from scripts.geometry import restore_labels
 
         meta, (H, W, _) = seg["meta"], seg["image"].shape
         labels = restore_labels(seg["pred"][0], H, W, meta["spacing"], seg["keep_aspect"])
-        measured = labels.copy()
-        for t in range(measured.shape[-1]):
-            lv = measured[..., t] == self.lv_label
-            measured[..., t][lv & ~largest_component(lv)] = 0
-        spacing = tuple(float(s) for s in meta["spacing"])
+        spacing = tuple(float(s) for s in meta["spacing"]) if meta.get("spacing_known") else None
         rate = meta.get("frame_rate")
         rate = float(rate) if rate is not None and math.isfinite(float(rate)) else None
-        report = clinical.cine_report(
-            measured, spacing if meta.get("spacing_known") else (1.0, 1.0), frame_rate=rate, lv_label=self.lv_label
+        report = clinical.measure_cine(
+            labels, spacing, rate, meta, seg["image"], seg.get("confidence"), lv_label=self.lv_label
         )
+        self.ledger.verdicts[str(seg["path"])] = report["quality"]["verdict"]
         problem = sr_problem(meta, report)
         if problem is not None:
             raise InputError(f"no DICOM SR: {problem}")
@@ -301,8 +303,16 @@ class EchoResultWriterOperator(Operator):
     bundle's ``inference.json --write_sr True`` writes them (:class:`scripts.inference.SaveCineResultd`). The files
     are written into a temporary folder inside the output folder and moved into place once all exist."""
 
-    def __init__(self, fragment: Fragment, *args: Any, output_dir: Path, ledger: Ledger, **kw: Any) -> None:
-        self.output_dir, self.ledger = Path(output_dir), ledger
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args: Any,
+        output_dir: Path,
+        ledger: Ledger,
+        model_file: Path | None = None,
+        **kw: Any,
+    ) -> None:
+        self.output_dir, self.ledger, self.model_file = Path(output_dir), ledger, model_file
         super().__init__(fragment, *args, **kw)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -319,11 +329,15 @@ class EchoResultWriterOperator(Operator):
         )
         if moved is None:
             return
-        beats = [b for b in report["beats"] if math.isfinite(b["ef_percent"])]
-        self.ledger.written.append({"input": str(path), "files": moved, "ef_percent": report["ef_percent"]})
+        verdict = report["quality"]["verdict"]
+        self.ledger.written.append(
+            {"input": str(path), "files": moved, "ef_percent": report["ef_percent"], "verdict": verdict}
+        )
+        why = f": {'; '.join(report['quality']['reasons'])}" if verdict != "ok" else ""
         print(
             f"{path}: EF {report['ef_percent']:.1f} % (EDV {report['edv_ml']:.1f} ml, ESV {report['esv_ml']:.1f} ml, "
-            f"{len(beats)} beat(s)) -> {moved['sr']}",
+            f"{report['beats_accepted']} of {len(report['beats'])} beat(s) accepted), verdict {verdict}{why} "
+            f"-> {moved['sr']}",
             flush=True,
         )
 
@@ -335,8 +349,10 @@ class EchoResultWriterOperator(Operator):
         path, stem, report = item["path"], item["stem"], item["report"]
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.output_dir, prefix=".partial-") as tmp:
-            saver = SaveCineResultd(output_dir=tmp, keep_aspect=item["keep_aspect"], write_sr=True)
-            files = saver.write(item["pred"], path, stem)
+            saver = SaveCineResultd(
+                output_dir=tmp, keep_aspect=item["keep_aspect"], write_sr=True, model_file=self.model_file
+            )
+            files = saver.write(item["pred"], path, stem, confidence=item.get("confidence"))
             if "sr" not in files:  # e.g. a DICOM without Study/Series/SOP Instance UIDs
                 reason = json.loads(Path(files["summary"]).read_text()).get("sr_reason")
                 raise InputError(f"no DICOM SR: {reason}")

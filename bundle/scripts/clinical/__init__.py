@@ -3,7 +3,7 @@ fraction, agreement statistics, plots, per-cine reports and contour overlays. Me
 
 from .cycle import analyse_beats, cardiac_period, estimate_period, find_ed_es, motion_period
 from .plots import plot_bland_altman, plot_correlation, plot_volume_curve
-from .quality import cine_quality, lv_confidence, measure_cine
+from .quality import cine_quality, lv_confidence, measure_cine, measurement_summary
 from .report import cine_report, save_overlay, write_cine_report
 from .stats import agreement
 from .volumes import (
@@ -39,6 +39,7 @@ __all__ = [
     "lv_volume_details",
     "mask_problem",
     "measure_cine",
+    "measurement_summary",
     "motion_period",
     "plot_bland_altman",
     "plot_correlation",

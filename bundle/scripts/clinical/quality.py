@@ -285,3 +285,33 @@ def measure_cine(
     report["image_period_frames"] = period
     report["quality"] = cine_quality(report, labels, meta, image_HWT, confidence_T)
     return report
+
+
+def measurement_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The measurement as every door reports it (the bundle's ``<stem>_seg.json``, MONAI Label's result JSON).
+
+    Keys: ``quality``, ``ed_es_pairs`` (accepted beats), ``ed_index``/``es_index``, ``edv_ml``/``esv_ml`` (means over
+    accepted beats; ``None`` when the volumes are not calibrated), ``ef_percent`` (mean over accepted beats),
+    ``ef_sd``, ``beats_accepted``, ``period_frames``, ``heart_rate_bpm``, ``beats`` (every beat with ``accepted`` and
+    ``reason``; volumes ``None`` when not calibrated) and ``reason`` (why there is no EF).
+
+    Args:
+        report: :func:`measure_cine` of the cine.
+    """
+    calibrated = bool(report.get("volumes_calibrated", True))
+    beats = [b if calibrated else {**b, "edv_ml": None, "esv_ml": None} for b in report["beats"]]
+    return {
+        "quality": report["quality"],
+        "ed_es_pairs": [[b["ed"], b["es"]] for b in report["beats"] if b["accepted"]],
+        "ed_index": report["ed_index"],
+        "es_index": report["es_index"],
+        "edv_ml": report["edv_ml"] if calibrated else None,
+        "esv_ml": report["esv_ml"] if calibrated else None,
+        "ef_percent": report["ef_percent"],
+        "ef_sd": report["ef_sd"],
+        "beats_accepted": report["beats_accepted"],
+        "period_frames": report["period_frames"],
+        "heart_rate_bpm": report["heart_rate_bpm"],
+        "beats": beats,
+        "reason": report["reason"],
+    }
