@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import traceback
 import warnings
@@ -90,6 +91,19 @@ def _warnings_to_log(source: str | Path) -> Iterator[None]:
         yield
     for w in caught:
         file_logger.warning("warning: %s: %s: %s", source, w.category.__name__, " ".join(str(w.message).split()))
+
+
+VERDICTS = ("ok", "review", "reject")  # scripts.clinical.quality's verdicts, counted in the run's summary
+
+
+def _verdict(item: Mapping[str, Any]) -> str:
+    """The verdict in the summary JSON that ``SaveCineResultd`` wrote for ``item`` (``""`` without one)."""
+    for files in (v for k, v in item.items() if str(k).endswith("_files") and isinstance(v, Mapping)):
+        try:
+            return str(json.loads(Path(files["summary"]).read_text())["quality"]["verdict"])
+        except (KeyError, OSError, ValueError, TypeError):
+            continue
+    return ""
 
 
 def _record(source: str, status: str, reason: str, trace: str = "") -> dict[str, str]:
@@ -200,7 +214,7 @@ class CineEvaluator(SupervisedEvaluator):
                 self._free_memory(e)
                 continue
             engine.state.batch[i], engine.state.output[i] = item, output
-            self._note(source, SEGMENTED)
+            self._note(source, SEGMENTED, verdict=_verdict(item))
         return engine.state.output
 
     @staticmethod
@@ -208,8 +222,8 @@ class CineEvaluator(SupervisedEvaluator):
         if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _note(self, source: str, status: str, reason: str = "", trace: str = "") -> None:
-        self.records.append({"file": str(source), "status": status, "reason": reason})
+    def _note(self, source: str, status: str, reason: str = "", trace: str = "", verdict: str = "") -> None:
+        self.records.append({"file": str(source), "status": status, "reason": reason, "verdict": verdict})
         if status == FAILED:
             logger.error("failed: %s: %s", source, reason)
             if trace:
@@ -245,6 +259,7 @@ class CineEvaluator(SupervisedEvaluator):
             dist.all_gather_object(gathered, records)
             records = [r for part in gathered for r in part]
         counts = Counter(r["status"] for r in records)
+        verdicts = Counter(r.get("verdict") or "" for r in records if r["status"] == SEGMENTED)
         failures = sorted((r["file"], r["reason"]) for r in records if r["status"] == FAILED)
         csv_path = self.output_dir / FAILURES_CSV
         if rank == 0:
@@ -257,14 +272,17 @@ class CineEvaluator(SupervisedEvaluator):
             FAILED: counts[FAILED],
             SKIPPED: counts[SKIPPED],
             IGNORED: counts[IGNORED],
+            "verdicts": {v: verdicts[v] for v in VERDICTS},
             "output_dir": str(self.output_dir),
             "failures_csv": str(csv_path),
             "log": str(self.output_dir / LOG_FILE),
         }
         if rank == 0:
             ignored = f", {counts[IGNORED]} ignored (not cines, listed in the log)" if counts[IGNORED] else ""
+            judged = ", ".join(f"{verdicts[v]} {v}" for v in VERDICTS)
+            judged = f" ({judged})" if sum(verdicts[v] for v in VERDICTS) else ""
             line = (
-                f"inference: {counts[SEGMENTED]} segmented, {counts[FAILED]} failed, {counts[SKIPPED]} skipped "
+                f"inference: {counts[SEGMENTED]} segmented{judged}, {counts[FAILED]} failed, {counts[SKIPPED]} skipped "
                 f"(already done){ignored}; outputs in {self.output_dir}, failures in {csv_path}, "
                 f"log in {summary['log']}"
             )

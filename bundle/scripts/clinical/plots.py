@@ -110,7 +110,7 @@ def plot_volume_curve(
 
     Args:
         values_T: ``[T]`` per-frame values (NaN frames show as gaps).
-        ed_es_pairs: ``[(ed, es), ...]`` frame indices as returned by ``find_ed_es``.
+        ed_es_pairs: ``[(ed, es), ...]`` frame indices of the (accepted) beats.
         path: the PNG to write.
         frame_rate: frames per second; the x axis is in seconds when given, in frames otherwise.
     """
@@ -118,9 +118,15 @@ def plot_volume_curve(
 
 
 def volume_curve_figure(
-    values_T, ed_es_pairs, frame_rate: float | None = None, ylabel: str = "LV volume (mL)", title: str | None = None
+    values_T,
+    ed_es_pairs,
+    frame_rate: float | None = None,
+    ylabel: str = "LV volume (mL)",
+    title: str | None = None,
+    rejected_pairs=(),
 ) -> Figure:
-    """The figure drawn by ``plot_volume_curve`` (not saved)."""
+    """The figure drawn by ``plot_volume_curve`` (not saved); ``rejected_pairs`` (beats the analysis rejected) are
+    drawn in grey with crosses, the accepted ``ed_es_pairs`` in colour."""
     v = np.asarray(values_T, dtype=float).ravel()
     t = np.arange(len(v), dtype=float)
     xlabel = "frame"
@@ -135,11 +141,14 @@ def volume_curve_figure(
         ax.plot(t[es], v[es], "^", color="tab:blue", ms=8, label="ES" if k == 0 else None)
         ax.axvline(t[ed], color="tab:red", lw=0.6, alpha=0.5)
         ax.axvline(t[es], color="tab:blue", lw=0.6, alpha=0.5)
+    for k, (ed, es) in enumerate(rejected_pairs):
+        ax.plot([t[ed], t[es]], [v[ed], v[es]], "x", color="grey", ms=8, label="rejected beat" if k == 0 else None)
+        ax.axvspan(min(t[ed], t[es]), max(t[ed], t[es]), color="grey", alpha=0.12, lw=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    if len(ed_es_pairs):
+    if len(ed_es_pairs) or len(rejected_pairs):
         ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

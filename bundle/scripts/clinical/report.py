@@ -112,10 +112,16 @@ def write_cine_report(report: dict, out_dir: str | os.PathLike, stem: str) -> di
         "json": out / f"{stem}_report.json",
         "png": out / f"{stem}_lv_curve.png",
     }
-    pairs = [(b["ed"], b["es"]) for b in report["beats"]]
+    pairs = [(b["ed"], b["es"]) for b in report["beats"] if b.get("accepted", True)]
+    rejected = [(b["ed"], b["es"]) for b in report["beats"] if not b.get("accepted", True)]
     ef = report["ef_percent"]
     title = f"{stem}: EF {ef:.1f} %" if math.isfinite(ef) else f"{stem}: EF not measurable"
-    fig = volume_curve_figure(report["volume_ml"], pairs, report["frame_rate"], title=title)
+    if "beats_accepted" in report:
+        title += f" ({report['beats_accepted']} of {len(report['beats'])} beats)"
+    verdict = (report.get("quality") or {}).get("verdict")
+    if verdict and verdict != "ok":
+        title += f", {verdict.upper()}"
+    fig = volume_curve_figure(report["volume_ml"], pairs, report["frame_rate"], title=title, rejected_pairs=rejected)
     FigureCanvasAgg(fig)
     times = report["time_s"] or [None] * n
 
