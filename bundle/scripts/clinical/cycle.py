@@ -137,11 +137,13 @@ def find_ed_es(
 # ------------------------------------------------------------------------------------------- beat analysis
 # Plausibility bounds of the beat analysis (docs/clinical.md "Beats" says where each comes from).
 HEART_RATE_RANGE_BPM = (30.0, 200.0)  # periods searched for when the frame rate is known
+MIN_MOTION_PROMINENCE = 0.01  # of the image similarity's peak at the period (real and synthetic cines: 0.03-0.06)
 MIN_PERIODICITY = 0.3  # autocorrelation of the detrended curve at the period; below it the curve is not periodic
 SYSTOLE_FRACTION_RANGE = (0.15, 0.6)  # ED -> ES interval as a fraction of the period (about a third at rest)
 HALF_CYCLE_SYSTOLE_S = (0.08, 0.65)  # ED -> ES interval in seconds of a cine shorter than a period
 LONG_CINE_S = 2.5  # a cine this long holds more than a cycle at any heart rate >= 30 bpm: it must be periodic
 LONG_CINE_FRAMES = 60  # the same, for a cine without a frame rate
+MIN_STROKE_FRACTION = 0.3  # a beat's EDV - ESV against the curve's 5-95 % spread; below it the beat is a wiggle
 OUTLIER_EF_POINTS = 12.0  # a beat whose EF is this far (and 3 robust SDs) from the other beats' median is rejected
 
 
@@ -211,7 +213,9 @@ def motion_period(image_HWT, frame_rate: float | None = None, max_side: int = 64
 
     Frames are reduced to at most ``max_side`` pixels a side (block means); ``s(lag)`` is the mean Pearson
     correlation between frame t and frame t + lag over the pixels that change; the period is the first local
-    maximum of ``s`` at a plausible lag (see :func:`cardiac_period`) that stands 0.01 above the lowest ``s`` before it.
+    maximum of ``s`` at a plausible lag (see :func:`cardiac_period`) whose prominence is at least
+    ``MIN_MOTION_PROMINENCE`` and half the largest one (speckle and noise make small bumps; a multiple of the period
+    stands out as well as the period itself).
 
     Args:
         image_HWT: ``[H, W, T]`` grey frames.
@@ -233,11 +237,12 @@ def motion_period(image_HWT, frame_rate: float | None = None, max_side: int = 64
     similarity = np.array(
         [np.mean(np.sum(frames[: n - lag] * frames[lag:], axis=1)) / frames.shape[1] for lag in range(hi + 2)]
     )
-    for lag in range(lo, hi + 1):
-        if similarity[lag] >= similarity[lag - 1] and similarity[lag] > similarity[lag + 1]:
-            if similarity[lag] - similarity[1 : lag + 1].min() >= 0.01:
-                return lag
-    return None
+    peaks, found = find_peaks(similarity, prominence=MIN_MOTION_PROMINENCE)
+    keep = (peaks >= lo) & (peaks <= hi)
+    peaks, prominence = peaks[keep], found["prominences"][keep]
+    if len(peaks) == 0:
+        return None
+    return int(peaks[prominence >= 0.5 * prominence.max()][0])
 
 
 def _beat(volumes: np.ndarray, ed: int, es: int, frame_problems: dict[int, str]) -> dict:
@@ -266,6 +271,18 @@ def _beat(volumes: np.ndarray, ed: int, es: int, frame_problems: dict[int, str])
 def _reject(beat: dict, reason: str) -> None:
     if beat["accepted"]:
         beat["accepted"], beat["reason"] = False, reason
+
+
+def _reject_wiggles(beats: list[dict], volumes: np.ndarray) -> None:
+    """Reject a beat whose stroke (EDV - ESV) is below ``MIN_STROKE_FRACTION`` of the curve's 5-95 % spread."""
+    finite = volumes[np.isfinite(volumes)]
+    if len(finite) < 2:
+        return
+    spread = float(np.percentile(finite, 95) - np.percentile(finite, 5))
+    for beat in beats:
+        stroke = beat["edv_ml"] - beat["esv_ml"]
+        if spread > 0 and math.isfinite(stroke) and stroke < MIN_STROKE_FRACTION * spread:
+            _reject(beat, f"a wiggle, not a beat: its stroke is {stroke / spread:.0%} of the LV curve's swing")
 
 
 def _periodic_beats(volumes: np.ndarray, period: int, frame_problems: dict[int, str]) -> list[dict]:
@@ -312,6 +329,7 @@ def _periodic_beats(volumes: np.ndarray, period: int, frame_problems: dict[int, 
                 f"the window's edge (ED + {es - ed} frames, {(es - ed) / period:.2f} of the period)",
             )
         beats.append(beat)
+    _reject_wiggles(beats, volumes)
     return beats
 
 
