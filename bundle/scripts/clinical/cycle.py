@@ -138,21 +138,25 @@ def find_ed_es(
 # Plausibility bounds of the beat analysis (docs/clinical.md "Beats" says where each comes from).
 HEART_RATE_RANGE_BPM = (30.0, 200.0)  # periods searched for when the frame rate is known
 MIN_MOTION_PROMINENCE = 0.01  # of the image similarity's peak at the period (real and synthetic cines: 0.03-0.06)
-MIN_PERIODICITY = 0.3  # autocorrelation of the detrended curve at the period; below it the curve is not periodic
+CURVE_CYCLES = 2.0  # an LV curve's period is searched only where the cine holds two cycles of it
+CURVE_MIN_CORRELATION = 0.5  # a period found in the LV curve alone (white noise reaches it in 2.5 % of 90-frame cines)
+CURVE_CHANCE_FACTOR = 3.5  # the correlation must also exceed this many chance SDs of its overlap
+MIN_PERIODIC_SWING = 1.0  # from the anti-correlation half a period on to the peak at the period
 SYSTOLE_FRACTION_RANGE = (0.15, 0.6)  # ED -> ES interval as a fraction of the period (about a third at rest)
 HALF_CYCLE_SYSTOLE_S = (0.08, 0.65)  # ED -> ES interval in seconds of a cine shorter than a period
 LONG_CINE_S = 2.5  # a cine this long holds more than a cycle at any heart rate >= 30 bpm: it must be periodic
 LONG_CINE_FRAMES = 60  # the same, for a cine without a frame rate
+START_STROKE_FRACTION = 0.8  # a beat from frame 0 needs this fraction of the other beats' median stroke
 MIN_STROKE_FRACTION = 0.3  # a beat's EDV - ESV against the curve's 5-95 % spread; below it the beat is a wiggle
 OUTLIER_EF_POINTS = 12.0  # a beat whose EF is this far (and 3 robust SDs) from the other beats' median is rejected
 
 
-def _lag_range(n: int, frame_rate: float | None) -> tuple[int, int]:
-    """Lags (frames) of a plausible heart rate at ``frame_rate`` (4 and up without one) leaving 1.5 cycles in ``n``."""
+def _lag_range(n: int, frame_rate: float | None, cycles: float = 1.5) -> tuple[int, int]:
+    """Lags (frames) of a plausible heart rate at ``frame_rate`` (4 and up without one) leaving ``cycles`` in ``n``."""
     if frame_rate is not None and math.isfinite(frame_rate) and frame_rate > 0:
         lo = max(3, int(math.floor(frame_rate * 60.0 / HEART_RATE_RANGE_BPM[1])))
-        return lo, min(int(n / 1.5), int(math.ceil(frame_rate * 60.0 / HEART_RATE_RANGE_BPM[0])))
-    return 4, int(n / 1.5)
+        return lo, min(int(n / cycles), int(math.ceil(frame_rate * 60.0 / HEART_RATE_RANGE_BPM[0])))
+    return 4, int(n / cycles)
 
 
 def _high_pass(values_T: np.ndarray, window: int) -> np.ndarray:
@@ -168,7 +172,7 @@ def lag_correlation(values_T, lag: int, frame_rate: float | None = None) -> floa
     n = len(values)
     if not 1 <= lag < n - 2:
         return math.nan
-    x = _high_pass(values, _lag_range(n, frame_rate)[1] or n)
+    x = _high_pass(values, _lag_range(n, frame_rate, CURVE_CYCLES)[1] or n)
     a, b = x[:-lag], x[lag:]
     if a.std() == 0 or b.std() == 0:
         return math.nan
@@ -181,27 +185,41 @@ def cardiac_period(values_T, frame_rate: float | None = None) -> tuple[int | Non
     The curve (non-finite frames interpolated) minus its running mean over the longest plausible period (slow drift
     of the heart in the sector, or of a network's memory, is not a beat) is correlated with itself at each lag of a
     plausible heart rate (``HEART_RATE_RANGE_BPM`` at ``frame_rate``; 4 frames and up without one) that leaves at
-    least 1.5 cycles in the cine (Pearson over the overlap, so long lags are not penalised). The period is the
-    shortest lag at a local peak reaching ``MIN_PERIODICITY`` and 0.8 of the highest peak (a multiple of the period
-    correlates as well as the period itself).
+    least ``CURVE_CYCLES`` cycles in the cine (Pearson over the overlap, so long lags are not penalised). A peak counts
+    when it reaches ``CURVE_MIN_CORRELATION`` and, unless the correlation repeats at twice its lag, also
+    ``CURVE_CHANCE_FACTOR`` chance SDs of its overlap (1 / sqrt of half the overlapping frames), and when it rises
+    ``MIN_PERIODIC_SWING`` above the lowest correlation before it (a periodic curve is anti-correlated half a period
+    later; noise correlates by chance, both ways, far less). The period is the shortest such lag reaching 0.8 of the
+    highest one (a multiple of the period correlates as well as the period itself).
 
     Args:
         values_T: ``[T]`` LV volumes or areas.
         frame_rate: frames per second, if known.
 
     Returns:
-        ``(period_frames, correlation)``: the period (``None`` when no peak reaches ``MIN_PERIODICITY`` or the cine
-        is too short for 1.5 cycles) and the correlation at it (0.0 when none was found).
+        ``(period_frames, correlation)``: the period (``None`` when no peak qualifies or the cine is too short for
+        ``CURVE_CYCLES`` cycles) and the correlation at it (0.0 when none was found).
     """
     raw = np.asarray(values_T, dtype=float).ravel()
     n = len(raw)
-    lo, hi = _lag_range(n, frame_rate)
+    lo, hi = _lag_range(n, frame_rate, CURVE_CYCLES)
     if np.isfinite(raw).sum() < 8 or hi < lo:
         return None, 0.0
     corr = np.array([lag_correlation(raw, lag, frame_rate) for lag in range(hi + 2)])
-    corr = np.nan_to_num(corr, nan=-1.0)
+    corr = np.nan_to_num(corr, nan=0.0)
+    corr[0] = 1.0
     peaks, _ = find_peaks(corr)
-    peaks = peaks[(peaks >= lo) & (peaks <= hi) & (corr[peaks] >= MIN_PERIODICITY)] if len(peaks) else peaks
+    if len(peaks):
+        swing = np.array([corr[p] - corr[1:p].min() if p > 1 else 0.0 for p in peaks])
+        # chance correlations of a short overlap are large: about 1 / sqrt(independent pairs), a pair every 2 frames;
+        # a peak that repeats at twice its lag (where the cine holds that) is no chance
+        chance = CURVE_CHANCE_FACTOR / np.sqrt(np.maximum(n - peaks, 2) / 2.0)
+        repeats = np.array(
+            [n - 2 * p >= 8 and lag_correlation(raw, 2 * int(p), frame_rate) >= CURVE_MIN_CORRELATION for p in peaks]
+        )
+        needed = np.where(repeats, CURVE_MIN_CORRELATION, np.maximum(CURVE_MIN_CORRELATION, chance))
+        keep = (peaks >= lo) & (peaks <= hi) & (corr[peaks] >= needed) & (swing >= MIN_PERIODIC_SWING)
+        peaks = peaks[keep]
     if len(peaks) == 0:
         return None, 0.0
     lag = int(peaks[corr[peaks] >= 0.8 * corr[peaks].max()][0])
@@ -237,6 +255,7 @@ def motion_period(image_HWT, frame_rate: float | None = None, max_side: int = 64
     similarity = np.array(
         [np.mean(np.sum(frames[: n - lag] * frames[lag:], axis=1)) / frames.shape[1] for lag in range(hi + 2)]
     )
+    similarity = gaussian_filter1d(similarity, 1.0, mode="nearest")  # frame-to-frame noise bumps are one lag wide
     peaks, found = find_peaks(similarity, prominence=MIN_MOTION_PROMINENCE)
     keep = (peaks >= lo) & (peaks <= hi)
     peaks, prominence = peaks[keep], found["prominences"][keep]
@@ -294,13 +313,9 @@ def _periodic_beats(volumes: np.ndarray, period: int, frame_problems: dict[int, 
     detection = light - trend
     spread = float(np.percentile(detection, 95) - np.percentile(detection, 5))
     candidates, _ = find_peaks(detection, distance=max(1, int(0.7 * period)), prominence=0.25 * spread)
-    # a cine that starts at ED: frame 0 counts when it is as high as the lowest interior ED and no ED is near it
-    starts_at_ed = (
-        len(candidates) > 0
-        and candidates[0] >= 0.7 * period
-        and light[0] >= light[candidates].min() - 0.1 * float(np.ptp(light))
-        and light[0] >= light[1]
-    )
+    # a cine that may start at ED: frame 0 is a candidate when no ED is near it and the curve falls from it; its
+    # beat is kept only if its stroke matches the other beats' (a cine that starts in systole has a short one)
+    starts_at_ed = bool(len(candidates) > 0 and candidates[0] >= 0.7 * period and light[1] <= light[0])
     if starts_at_ed:
         candidates = np.concatenate([[0], candidates])
     reach = max(1, int(round(period / 6.0)))
@@ -329,6 +344,12 @@ def _periodic_beats(volumes: np.ndarray, period: int, frame_problems: dict[int, 
                 f"the window's edge (ED + {es - ed} frames, {(es - ed) / period:.2f} of the period)",
             )
         beats.append(beat)
+    if starts_at_ed and beats and beats[0]["ed"] == 0 and beats[0]["accepted"]:
+        others = [b["edv_ml"] - b["esv_ml"] for b in beats[1:] if b["accepted"]]
+        stroke = beats[0]["edv_ml"] - beats[0]["esv_ml"]
+        if not others or stroke < START_STROKE_FRACTION * float(np.median(others)):
+            shown = f"{stroke / float(np.median(others)):.0%} of the other beats'" if others else "not comparable"
+            _reject(beats[0], f"cut by the cine's start: the cine may start after ED (its stroke is {shown})")
     _reject_wiggles(beats, volumes)
     return beats
 
@@ -412,6 +433,16 @@ def analyse_beats(
             period, strength, source = None, 0.0, None
             filled = _fill_nan(volumes)
             ed, es = int(np.argmax(filled)), int(np.argmin(filled))
+            if rate and abs(es - ed) / rate > HALF_CYCLE_SYSTOLE_S[1]:
+                # more than a cycle but no period found: the first frame at the curve's top (within 5 % of its range)
+                # followed, within a systole's reach, by a minimum inside that reach at least half the swing lower
+                reach = int(HALF_CYCLE_SYSTOLE_S[1] * rate)
+                for top in np.flatnonzero(filled >= filled.max() - 0.05 * float(np.ptp(filled))):
+                    hi_i = min(n, top + reach + 1)
+                    near = top + 1 + int(np.argmin(filled[top + 1 : hi_i])) if hi_i > top + 2 else hi_i
+                    if near < hi_i - 1 and filled[near] <= filled.max() - 0.5 * float(np.ptp(filled)):
+                        ed, es = int(top) + int(np.argmax(filled[top:near])), int(near)
+                        break
             beat = _beat(volumes, ed, es, problems)
             if ed == es:
                 _reject(beat, "the LV curve is flat: ED and ES are the same frame")
@@ -423,7 +454,7 @@ def analyse_beats(
             elif rate and not HALF_CYCLE_SYSTOLE_S[0] <= abs(es - ed) / rate <= HALF_CYCLE_SYSTOLE_S[1]:
                 _reject(
                     beat,
-                    f"ED -> ES interval {abs(es - ed) / rate:.2f} s outside {HALF_CYCLE_SYSTOLE_S[0]}-"
+                    f"ED -> ES interval {abs(es - ed) / rate:.3f} s outside {HALF_CYCLE_SYSTOLE_S[0]}-"
                     f"{HALF_CYCLE_SYSTOLE_S[1]} s",
                 )
             beats = [beat]

@@ -31,7 +31,7 @@ from .report import cine_report
 MIN_FRAMES = 6  # fewer frames cannot hold an ED and an ES
 MIN_DURATION_S = 0.2  # shorter than any systole
 MEASURABLE_REJECT, MEASURABLE_REVIEW = 0.5, 0.9  # fraction of frames with a measurable LV
-FRAGMENTED_REVIEW = 0.05  # median fraction of LV pixels outside the largest component
+FRAGMENTED_REVIEW, FRAGMENTED_REJECT = 0.05, 0.5  # median fraction of LV pixels outside the largest component
 AREA_FRACTION_RANGE = (0.01, 0.35)  # median LV area / image area (the ultrasound region when the DICOM has one)
 MIN_ELONGATION = 1.3  # median long axis / width of the LV (an apical view; a short-axis ring is ~1)
 MAX_AXIS_ANGLE_DEG = 50.0  # the LV long axis (base -> apex) within this of the beam (up, toward the probe)
@@ -101,18 +101,20 @@ def _lv_shape(labels_HWT: np.ndarray, lv_label: int, frames: Sequence[int]) -> d
     }
 
 
-def _apex_up(report: Mapping[str, Any], labels_HWT: np.ndarray, lv_label: int, spacing: Sequence[float]) -> float:
-    """Fraction of the accepted (else all) ED/ES frames whose apex lies above the middle of the mitral annulus."""
-    from .volumes import lv_volume_details
-
+def _apex_up(report: Mapping[str, Any], labels_HWT: np.ndarray, lv_label: int) -> float:
+    """Fraction of the accepted (else all) ED/ES frames whose LV narrows upwards: its mean width over the top
+    quarter of its rows is below the bottom quarter's (an apical LV: apex toward the probe, base below)."""
     frames = [b[k] for b in report["beats"] if b["accepted"] for k in ("ed", "es")] or [
         b[k] for b in report["beats"] for k in ("ed", "es")
     ]
     up = []
     for t in frames:
-        result = lv_volume_details(labels_HWT[..., t] == lv_label, spacing)
-        if result.apex_rc is not None and result.base_mid_rc is not None:
-            up.append(result.apex_rc[0] < result.base_mid_rc[0])
+        widths = largest_component(labels_HWT[..., t] == lv_label).sum(axis=1)
+        rows = np.nonzero(widths)[0]
+        if len(rows) < 8:
+            continue
+        quarter = max(1, len(rows) // 4)
+        up.append(widths[rows[:quarter]].mean() < widths[rows[-quarter:]].mean())
     return float(np.mean(up)) if up else math.nan
 
 
@@ -175,7 +177,11 @@ def cine_quality(
     kept = np.array([largest_component(lv[..., t]).sum() for t in range(n)], dtype=float)
     outside = np.where(counts > 0, 1.0 - kept / np.maximum(counts, 1.0), 0.0)
     checks["fragmented_fraction"] = float(np.median(outside))
-    if checks["fragmented_fraction"] > FRAGMENTED_REVIEW:
+    if checks["fragmented_fraction"] > FRAGMENTED_REJECT:
+        found.append(
+            ("reject", f"no single LV: {checks['fragmented_fraction']:.0%} of the mask is outside its main part")
+        )
+    elif checks["fragmented_fraction"] > FRAGMENTED_REVIEW:
         found.append(
             ("review", f"the LV mask is in pieces ({checks['fragmented_fraction']:.0%} outside its main part)")
         )
@@ -192,8 +198,7 @@ def cine_quality(
         )
     if math.isfinite(checks["lv_axis_angle_deg"]) and checks["lv_axis_angle_deg"] > MAX_AXIS_ANGLE_DEG:
         found.append(("review", f"the LV long axis lies {checks['lv_axis_angle_deg']:.0f} degrees from the beam"))
-    spacing = report.get("spacing_mm") or (1.0, 1.0)
-    checks["apex_up_fraction"] = _apex_up(report, labels_HWT, lv_label, spacing) if report["beats"] else math.nan
+    checks["apex_up_fraction"] = _apex_up(report, labels_HWT, lv_label) if report["beats"] else math.nan
     if checks["apex_up_fraction"] < 0.5:
         found.append(("review", "the LV apex points away from the probe: not an apical view?"))
     rate = report.get("frame_rate")
