@@ -632,3 +632,19 @@ def test_the_real_apical_cine_passes_the_source_checks():
     assert meta["frame_rate"] == pytest.approx(30.0, rel=1e-3) and meta["spacing_known"]
     assert meta.get("frame_rate_problem") is None and meta["spacing_problem"] is None
     assert source_reasons(meta, image.shape[-1]) == []
+
+
+def test_a_cine_of_more_than_a_cycle_without_a_period_is_for_review():
+    """1.5 s (more than a cycle at 50 beats/min) with one contraction and no period: the single ED/ES pair is the
+    curve's extremes, not a checked beat, so the verdict asks for review and says why."""
+    H = W = 96
+    yy, xx = np.mgrid[:H, :W]
+    frames = []
+    for t in range(45):  # 1.5 s at 30 /s, one dip
+        s = 1.0 - 0.25 * math.exp(-0.5 * ((t - 20) / 4.0) ** 2)
+        cy, cx, ry, rx = 0.45 * H, 0.5 * W, 0.3 * H * s, 0.15 * W * s
+        frames.append((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1) & (yy < cy + 0.6 * ry))
+    report = measure_cine(np.stack(frames, -1).astype(np.uint8), (0.5, 0.5), 30.0)
+    kind, reasons = verdict(report)
+    assert report["period_frames"] is None and kind == "review" and "no cardiac period found in a 1.5 s cine" in reasons
+    assert math.isfinite(report["ef_percent"])  # measured, for a reader to review

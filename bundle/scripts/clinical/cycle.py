@@ -140,7 +140,8 @@ HEART_RATE_RANGE_BPM = (30.0, 200.0)  # periods searched for when the frame rate
 MIN_MOTION_PROMINENCE = 0.01  # of the image similarity's peak at the period (real and synthetic cines: 0.03-0.06)
 CURVE_CYCLES = 2.0  # an LV curve's period is searched only where the cine holds two cycles of it
 CURVE_MIN_CORRELATION = 0.5  # a period found in the LV curve alone (white noise reaches it in 2.5 % of 90-frame cines)
-CURVE_CHANCE_FACTOR = 3.5  # the correlation must also exceed this many chance SDs of its overlap
+CURVE_CHANCE_FACTOR = 3.5  # the correlation must also exceed this many chance SDs of its overlap ...
+CURVE_SURE_CORRELATION = 0.9  # ... or this (a clean curve in a short cine)
 MIN_PERIODIC_SWING = 1.0  # from the anti-correlation half a period on to the peak at the period
 SYSTOLE_FRACTION_RANGE = (0.15, 0.6)  # ED -> ES interval as a fraction of the period (about a third at rest)
 HALF_CYCLE_SYSTOLE_S = (0.08, 0.65)  # ED -> ES interval in seconds of a cine shorter than a period
@@ -187,7 +188,8 @@ def cardiac_period(values_T, frame_rate: float | None = None) -> tuple[int | Non
     plausible heart rate (``HEART_RATE_RANGE_BPM`` at ``frame_rate``; 4 frames and up without one) that leaves at
     least ``CURVE_CYCLES`` cycles in the cine (Pearson over the overlap, so long lags are not penalised). A peak counts
     when it reaches ``CURVE_MIN_CORRELATION`` and, unless the correlation repeats at twice its lag, also
-    ``CURVE_CHANCE_FACTOR`` chance SDs of its overlap (1 / sqrt of half the overlapping frames), and when it rises
+    ``CURVE_CHANCE_FACTOR`` chance SDs of its overlap (1 / sqrt of half the overlapping frames; at most
+    ``CURVE_SURE_CORRELATION``), and when it rises
     ``MIN_PERIODIC_SWING`` above the lowest correlation before it (a periodic curve is anti-correlated half a period
     later; noise correlates by chance, both ways, far less). The period is the shortest such lag reaching 0.8 of the
     highest one (a multiple of the period correlates as well as the period itself).
@@ -217,7 +219,9 @@ def cardiac_period(values_T, frame_rate: float | None = None) -> tuple[int | Non
         repeats = np.array(
             [n - 2 * p >= 8 and lag_correlation(raw, 2 * int(p), frame_rate) >= CURVE_MIN_CORRELATION for p in peaks]
         )
-        needed = np.where(repeats, CURVE_MIN_CORRELATION, np.maximum(CURVE_MIN_CORRELATION, chance))
+        needed = np.where(
+            repeats, CURVE_MIN_CORRELATION, np.clip(chance, CURVE_MIN_CORRELATION, CURVE_SURE_CORRELATION)
+        )
         keep = (peaks >= lo) & (peaks <= hi) & (corr[peaks] >= needed) & (swing >= MIN_PERIODIC_SWING)
         peaks = peaks[keep]
     if len(peaks) == 0:

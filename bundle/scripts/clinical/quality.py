@@ -35,6 +35,7 @@ FRAGMENTED_REVIEW, FRAGMENTED_REJECT = 0.05, 0.5  # median fraction of LV pixels
 AREA_FRACTION_RANGE = (0.01, 0.35)  # median LV area / image area (the ultrasound region when the DICOM has one)
 MIN_ELONGATION = 1.3  # median long axis / width of the LV (an apical view; a short-axis ring is ~1)
 MAX_AXIS_ANGLE_DEG = 50.0  # the LV long axis (base -> apex) within this of the beam (up, toward the probe)
+ONE_CYCLE_S = 1.2  # a cine this long holds a cycle at 50 beats/min: without a period its single pair is doubtful
 MIN_CURVE_PERIODICITY = 0.3  # the LV curve's correlation one image period later
 MAX_BEAT_EF_SD = 8.0  # EF points between accepted beats
 MIN_CONFIDENCE_REVIEW, MIN_CONFIDENCE_REJECT = 0.85, 0.6  # median per-frame confidence (see lv_confidence)
@@ -207,6 +208,14 @@ def cine_quality(
     checks["periodicity"] = report.get("periodicity")
     if report.get("period_frames") is None and long_cine:
         found.append(("reject", "no cardiac cycle in the images or the LV curve of a cine longer than a cycle"))
+    elif report.get("period_frames") is None and rate and n / rate >= ONE_CYCLE_S:
+        found.append(
+            (
+                "review",
+                f"no cardiac period found in a {n / rate:.1f} s cine (a cycle at 50 beats/min lasts {ONE_CYCLE_S} s): "
+                "its ED and ES are the curve's extremes, not checked against a beat",
+            )
+        )
     elif report.get("period_source") == "images" and not report["periodicity"] >= MIN_CURVE_PERIODICITY:
         found.append(
             (
