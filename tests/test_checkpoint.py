@@ -23,6 +23,7 @@ from scripts.checkpoint import (
     ConfigContradictsCheckpoint,
     NoTrainedModel,
     check_settings,
+    model_identity,
     read_description,
     trained_settings,
 )
@@ -327,3 +328,23 @@ def test_no_trained_model_is_one_line(tmp_path, config) -> None:
     assert done.returncode == 1
     assert "no trained model" in done.stderr and str(tmp_path / "models" / "model.pt") in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_the_training_data_is_recorded_and_served_without_being_a_setting(tmp_path: Path) -> None:
+    """train.json's ``training_data`` goes into the checkpoint (``trained_with.data``): inference configs, which do
+    not name it, load the weights as before, and ``model_identity`` (the SR, the JSON) reports it with the checksum."""
+    import hashlib
+
+    trained = GDKVM(size="small", trained_with={**TRAINED_WITH, "data": "synthetic (hard)"})
+    path = tmp_path / "model.pt"
+    torch.save(trained.state_dict(), path)
+    served = GDKVM(size="small", trained_with=TRAINED_WITH)  # as inference.json builds it: no "data"
+    served.load_state_dict(torch.load(path, weights_only=True))
+    assert served.trained_with["data"] == "synthetic (hard)"
+    identity = model_identity(path)
+    assert identity["trained_on"] == "synthetic (hard)"
+    assert identity["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(CheckpointMismatchError, match="spatial_size"):  # the settings are still checked
+        GDKVM(size="small", trained_with={**TRAINED_WITH, "spatial_size": 128}).load_state_dict(
+            torch.load(path, weights_only=True)
+        )

@@ -262,3 +262,33 @@ def test_inference_command_writes_the_sr_on_request(real_cine: Path, tmp_path: P
     nifti = json.loads((out / "clip_seg.json").read_text())
     assert "not DICOM" in nifti["sr_reason"] and not (out / "clip_sr.dcm").exists()
     assert "clip.nii.gz: no DICOM SR: the input is nifti" in (out / "inference.log").read_text()
+
+
+def test_sr_names_the_model_that_made_it(synthetic_cine: Path, tmp_path: Path) -> None:
+    """The SR says which weights made it: their SHA-256 and training data as algorithm parameters, research use only,
+    and a device observer UID that is the same for the same weights and differs for other weights."""
+    import torch
+
+    image, _ = load_cine(synthetic_cine)
+    weights = {}
+    for name, value in (("a", 1.0), ("b", 2.0)):
+        weights[name] = tmp_path / name / "model.pt"
+        weights[name].parent.mkdir()
+        torch.save({"w": torch.full((3,), value)}, weights[name])
+
+    def device_and_parameters(model_file: Path, out: str) -> tuple[str, list[str]]:
+        saver = SaveCineResultd(output_dir=tmp_path / out, overlay=False, write_sr=True, model_file=model_file)
+        files = saver.write(beating_lv(*image.shape)[None], synthetic_cine, "cine")
+        sr = pydicom.dcmread(files["sr"])
+        (uid,) = {i.UID for i in _items(sr) if i.ValueType == "UIDREF" and _name(i) == "121012"}  # Device Observer UID
+        parameters = [i.TextValue for i in _items(sr) if i.ValueType == "TEXT" and _name(i) == "111002"]
+        summary = json.loads(Path(files["summary"]).read_text())
+        assert summary["model"]["sha256"] in " ".join(parameters) and "research use only" in parameters
+        assert "research use only" in sr.SeriesDescription
+        return uid, parameters
+
+    first, parameters = device_and_parameters(weights["a"], "a1")
+    again, _ = device_and_parameters(weights["a"], "a2")
+    other, _ = device_and_parameters(weights["b"], "b")
+    assert first == again != other
+    assert "trained on not recorded" in parameters  # a checkpoint without a description records no training data
