@@ -344,6 +344,12 @@ def test_the_training_data_is_recorded_and_served_without_being_a_setting(tmp_pa
     identity = model_identity(path)
     assert identity["trained_on"] == "synthetic (hard)"
     assert identity["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    tuned = GDKVM(size="small", trained_with={**TRAINED_WITH, "data": "camus"})  # fine-tuning on other data
+    tuned.load_state_dict(torch.load(path, weights_only=True))
+    assert tuned.trained_with["data"] == "camus"
+    old = GDKVM(size="small", trained_with=TRAINED_WITH)  # a checkpoint saved before the data was recorded
+    torch.save(old.state_dict(), tmp_path / "old.pt")
+    tuned.load_state_dict(torch.load(tmp_path / "old.pt", weights_only=True))
     with pytest.raises(CheckpointMismatchError, match="spatial_size"):  # the settings are still checked
         GDKVM(size="small", trained_with={**TRAINED_WITH, "spatial_size": 128}).load_state_dict(
             torch.load(path, weights_only=True)

@@ -137,10 +137,11 @@ class SelfDescribingModule(nn.Module):
             found += differences(saved_arch, my_arch, "architecture.")
         saved_with = state.get("trained_with")
         if saved_with is not None and getattr(self, "trained_with", None) is not None:
-            # what the training recorded only for the record (INFORMATIVE_KEYS, e.g. the training data) is not a
-            # setting that serving must repeat
-            compared = {k: v for k, v in saved_with.items() if k not in INFORMATIVE_KEYS or k in self.trained_with}
-            found += differences(compared, mine["trained_with"], "trained_with.")
+            # what a training records only for the record (INFORMATIVE_KEYS, e.g. its data) is no setting to repeat:
+            # serving without it, or fine-tuning on other data, contradicts nothing
+            settings = {k: v for k, v in (mine["trained_with"] or {}).items() if k not in INFORMATIVE_KEYS}
+            compared = {k: v for k, v in saved_with.items() if k not in INFORMATIVE_KEYS}
+            found += differences(compared, settings, "trained_with.")
         if found:
             raise CheckpointMismatchError(found)
         if saved_with is not None:
