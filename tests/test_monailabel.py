@@ -26,6 +26,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -177,6 +178,18 @@ def server(tmp_path_factory) -> Iterator[dict]:
                 proc.wait(timeout=20)
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """Equal JSON values, numbers to 1e-4 relative (pydicom 2 and 3 decode the same DICOM to within float rounding,
+    which moves the network's confidence and the image checks in their last digits)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    return a == b
+
+
 def infer(server: dict, image_id: str, **kwargs) -> tuple[int, bytes]:
     return call(f"{server['base']}/infer/{NAME}?image={image_id}&output=image", method="POST", **kwargs)
 
@@ -229,9 +242,7 @@ def test_served_as_trained_equals_the_bundles_own_inference(server: dict, record
         measured = json.loads(body)["lv_measurement"]
         summary = json.loads((standalone / f"{stem}_seg.json").read_text())
         for key in ("quality", "beats", "beats_accepted", "ed_es_pairs", "period_frames", "ef_percent", "model"):
-            assert (
-                measured[key] == pytest.approx(summary[key]) if key == "ef_percent" else measured[key] == summary[key]
-            )
+            assert same_json(measured[key], summary[key]), (stem, key, measured[key], summary[key])
         assert measured["quality"]["verdict"] in ("ok", "review", "reject") and len(measured["model"]["sha256"]) == 64
     scores = {}
     for stem, gt in server["truth"].items():
