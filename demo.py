@@ -142,7 +142,13 @@ def main() -> None:
         report = json.loads((INFER_DIR / f"{stem}_seg.json").read_text())
         ef = report.get("ef_percent")
         ef_text = f"{ef:.0f} %" if isinstance(ef, int | float) else f"n/a ({report.get('reason')})"
-        print(f"\n{sample.name}: {report['frames']} frames, ED/ES pairs {report['ed_es_pairs']}, EF {ef_text}")
+        quality = report.get("quality") or {}
+        verdict = quality.get("verdict", "n/a") + (
+            f" ({'; '.join(quality['reasons'])})" if quality.get("reasons") else ""
+        )
+        accepted = f"{report.get('beats_accepted')} of {len(report.get('beats') or [])} beat(s) accepted"
+        print(f"\n{sample.name}: {report['frames']} frames, ED/ES {report['ed_es_pairs']} ({accepted}), EF {ef_text}")
+        print(f"  verdict: {verdict}")
         for suffix in ("_seg.nii.gz", "_seg.json", "_lv_curve.csv", "_lv_curve.png", "_overlay.png", "_overlay.gif"):
             path = INFER_DIR / f"{stem}{suffix}"
             if path.exists():
