@@ -101,6 +101,8 @@ def test_mixed_folder_segments_every_good_cine_and_reports_the_bad_ones(mixed) -
     assert set(_failures(out)) == {str(path) for path, _ in bad.values()}
     line = _summary_line(text)
     assert f"4 segmented, {len(bad)} failed, 0 skipped (already done), 1 ignored (not cines" in line
+    assert "; verdicts of the segmented: " in line  # every segmented cine's verdict, counted
+    assert sum(int(n) for n in re.findall(r"(\d+) (?:ok|review|reject)\b", line)) == 4, line
     assert str(out / "failures.csv") in line and str(out / "inference.log") in line
     log = (out / "inference.log").read_text()
     assert "Traceback" in log  # the full tracebacks are in the log file, not on the console

@@ -214,7 +214,9 @@ class CineEvaluator(SupervisedEvaluator):
                 self._free_memory(e)
                 continue
             engine.state.batch[i], engine.state.output[i] = item, output
-            self._note(source, SEGMENTED, verdict=_verdict(item))
+            self._note(
+                source, SEGMENTED, verdict=_verdict(output if isinstance(output, Mapping) else {}) or _verdict(item)
+            )
         return engine.state.output
 
     @staticmethod
@@ -280,10 +282,10 @@ class CineEvaluator(SupervisedEvaluator):
         if rank == 0:
             ignored = f", {counts[IGNORED]} ignored (not cines, listed in the log)" if counts[IGNORED] else ""
             judged = ", ".join(f"{verdicts[v]} {v}" for v in VERDICTS)
-            judged = f" ({judged})" if sum(verdicts[v] for v in VERDICTS) else ""
+            judged = f"; verdicts of the segmented: {judged}" if sum(verdicts[v] for v in VERDICTS) else ""
             line = (
-                f"inference: {counts[SEGMENTED]} segmented{judged}, {counts[FAILED]} failed, {counts[SKIPPED]} skipped "
-                f"(already done){ignored}; outputs in {self.output_dir}, failures in {csv_path}, "
+                f"inference: {counts[SEGMENTED]} segmented, {counts[FAILED]} failed, {counts[SKIPPED]} skipped "
+                f"(already done){ignored}{judged}; outputs in {self.output_dir}, failures in {csv_path}, "
                 f"log in {summary['log']}"
             )
             (logger.warning if counts[FAILED] else logger.info)(line)
