@@ -27,6 +27,7 @@ import pydicom
 import pytest
 from fixtures_echo import phantom, write_dicom
 from scipy.ndimage import gaussian_filter
+from test_dicom_sr import beating_lv
 
 from scripts.clinical.cycle import (
     HALF_CYCLE_SYSTOLE_S,
@@ -145,15 +146,9 @@ def describe(result: dict) -> str:
     return "; ".join(f"{b['ed']}->{b['es']} {'ok' if b['accepted'] else b['reason']}" for b in result["beats"])
 
 
-def bullet_lv(H: int, W: int, T: int, period: float = 12.0, flip: bool = False) -> np.ndarray:
-    """``[H, W, T]`` labels of an apical LV (1): an ellipse cut flat at the base, apex up, beating with ``period``."""
-    yy, xx = np.mgrid[:H, :W]
-    labels = np.zeros((H, W, T), np.uint8)
-    for t in range(T):
-        s = 1.0 - 0.25 * (0.5 - 0.5 * math.cos(2 * math.pi * t / period))
-        cy, cx, ry, rx = 0.45 * H, 0.5 * W, 0.3 * H * s, 0.15 * W * s
-        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
-        labels[..., t] = inside & (yy < cy + 0.6 * ry)
+def bullet_lv(H: int, W: int, T: int, flip: bool = False) -> np.ndarray:
+    """``[H, W, T]`` labels of an apical LV (1), :func:`test_dicom_sr.beating_lv`, upside down with ``flip``."""
+    labels = beating_lv(H, W, T)
     return labels[::-1].copy() if flip else labels
 
 

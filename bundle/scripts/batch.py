@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import traceback
 import warnings
@@ -34,7 +33,7 @@ from monai.engines.utils import engine_apply_transform
 from scripts.clinical._io import atomic_paths
 from scripts.console import echo_data_error_in, exception_chain
 from scripts.data.errors import EchoDataError
-from scripts.inference import find_cines, is_complete, output_stem
+from scripts.inference import VERDICT_SUFFIX, find_cines, is_complete, output_stem
 
 __all__ = ["CineDataset", "CineEvaluator", "cine_datalist", "failure_reason"]
 
@@ -97,13 +96,8 @@ VERDICTS = ("ok", "review", "reject")  # scripts.clinical.quality's verdicts, co
 
 
 def _verdict(item: Mapping[str, Any]) -> str:
-    """The verdict in the summary JSON that ``SaveCineResultd`` wrote for ``item`` (``""`` without one)."""
-    for files in (v for k, v in item.items() if str(k).endswith("_files") and isinstance(v, Mapping)):
-        try:
-            return str(json.loads(Path(files["summary"]).read_text())["quality"]["verdict"])
-        except (KeyError, OSError, ValueError, TypeError):
-            continue
-    return ""
+    """The verdict ``SaveCineResultd`` put into ``item`` (``d["<key>_verdict"]``; ``""`` without one)."""
+    return next((str(v) for k, v in item.items() if str(k).endswith(f"_{VERDICT_SUFFIX}")), "")
 
 
 def _record(source: str, status: str, reason: str, trace: str = "") -> dict[str, str]:

@@ -43,7 +43,7 @@ from typing import Any
 from scripts.clinical._io import atomic_paths, json_safe
 from scripts.clinical.plots import plot_bland_altman, plot_correlation
 from scripts.clinical.stats import agreement
-from scripts.data.echonet import FILELIST_COLUMNS, SPLITS
+from scripts.data.echonet import FILELIST_COLUMNS, SPLITS, _num
 from scripts.data.errors import EchoDataError
 from scripts.inference import find_cines, output_stem, summary_path
 
@@ -135,13 +135,6 @@ def _cell(value: float) -> str:
     return repr(float(value)) if math.isfinite(value) else ""
 
 
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def read_file_list(root: str | Path, split: str = "test") -> list[FileListRow]:
     """The rows of ``<root>/FileList.csv`` of one split (``train``, ``val``, ``test`` in any case, or ``all``).
 
@@ -171,7 +164,7 @@ def read_file_list(root: str | Path, split: str = "test") -> list[FileListRow]:
                     continue
                 name = output_stem((r.get("FileName") or "").strip())
                 if name:
-                    rows.append(FileListRow(name=name, ef=_number(r.get("EF")), split=row_split))
+                    rows.append(FileListRow(name=name, ef=_num(r.get("EF")), split=row_split))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise EchoDataError(file_list, f"unreadable ({type(e).__name__}: {e})") from e
     twice = sorted(name for name, k in Counter(r.name for r in rows).items() if k > 1)

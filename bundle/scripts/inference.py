@@ -20,7 +20,6 @@ import torch
 from monai.transforms import MapTransform
 
 from scripts.clinical._io import atomic_paths, json_safe
-from scripts.clinical.evaluation import largest_component
 from scripts.corrections import put_drawn_frames
 from scripts.data.errors import EchoDataError
 from scripts.data.video_io import load_cine
@@ -136,6 +135,7 @@ def _is_dicom(path: Path) -> bool:
 
 
 CONFIDENCE_KEY = "lv_confidence"
+VERDICT_SUFFIX = "verdict"  # SaveCineResultd sets d["<key>_verdict"] (ok / review / reject) beside d["<key>_files"]
 
 
 class LVConfidenced(MapTransform):
@@ -211,6 +211,7 @@ class SaveCineResultd(MapTransform):
         self.clinical = clinical
         self.overlay = overlay
         self.written: list[dict[str, str]] = []
+        self.verdicts: dict[str, str] = {}  # input path -> the verdict of its last measurement
 
     @property
     def model(self) -> dict[str, str] | None:
@@ -231,6 +232,7 @@ class SaveCineResultd(MapTransform):
             d[f"{key}_files"] = self.write(
                 d[key], source, d.get("output_stem"), d if "corrections_drawn" in d else None, d.get(CONFIDENCE_KEY)
             )
+            d[f"{key}_{VERDICT_SUFFIX}"] = self.verdicts[str(source)]
         return d
 
     def write(
@@ -286,10 +288,6 @@ class SaveCineResultd(MapTransform):
             "lv_postprocessing": "largest connected LV component per frame (measurements only; the NIfTI is raw)",
             "model": self.model,
         }
-        measured = labels.copy()  # the SR outlines what was measured: the largest LV component of each frame
-        for t in range(measured.shape[-1]):
-            lv = measured[..., t] == self.lv_label
-            measured[..., t][lv & ~largest_component(lv)] = 0
         if corrections is not None:
             summary["corrected_frames"] = [int(f) for f in np.asarray(corrections["corrected_frames"]).reshape(-1)]
             summary["corrections_file"] = str(corrections["corrections_file"])
@@ -312,7 +310,8 @@ class SaveCineResultd(MapTransform):
             files.update(clinical.save_overlay(original, labels, out_dir, name, ed_es_pairs=pairs, frame_rate=rate))
         if self.write_sr:
             sr_path = out_dir / f"{name}_sr.dcm"
-            files.update(_write_sr(source, measured, report, meta, sr_path, self.lv_label, summary, self.model))
+            files.update(_write_sr(source, labels, report, meta, sr_path, self.lv_label, summary, self.model))
+        self.verdicts[str(source)] = report["quality"]["verdict"]
         summary["outputs"] = {k: Path(v).name for k, v in files.items()}
         with atomic_paths(json_path) as (json_tmp,):
             json_tmp.write_text(json.dumps(json_safe(summary), indent=2))

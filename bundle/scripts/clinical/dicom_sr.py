@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._io import atomic_paths
+from .evaluation import largest_component
 from .volumes import lv_geometry
 
 if TYPE_CHECKING:
@@ -160,7 +161,8 @@ def build_lv_sr(
 
     Args:
         source: the source cine's dataset (pixel data not needed).
-        labels_HWT: ``[H, W, T]`` labels on the loader's (cropped) grid, as measured by ``report``.
+        labels_HWT: ``[H, W, T]`` labels on the loader's (cropped) grid, as measured by ``report`` (each outline is
+            the largest LV component of its frame, the one the measurement used).
         report: :func:`scripts.clinical.measure_cine` of ``labels_HWT`` (its ``quality`` decides what is written).
         meta: the loader's metadata (``format``, ``spacing``, ``spacing_known``, ``crop``).
         algorithm_version: recorded as the algorithm's version (the bundle version).
@@ -212,7 +214,7 @@ def build_lv_sr(
         ):
             frame_number = int(frame) + 1
             frame_source(frame)  # checks the frame number
-            outline = lv_outline(labels[..., int(frame)] == lv_label, spacing, meta.get("crop"))
+            outline = lv_outline(largest_component(labels[..., int(frame)] == lv_label), spacing, meta.get("crop"))
             region = hd.sr.ImageRegion(
                 graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
                 graphic_data=outline,

@@ -43,6 +43,15 @@ ABRUPT_FRAME_FACTOR = 4.0  # a frame differing from both neighbours this many ti
 DOPPLER_REGION_TYPES = {2: "colour flow", 3: "PW spectral Doppler", 4: "CW spectral Doppler", 5: "Doppler mean trace"}
 
 
+def largest_lv(labels_HWT: np.ndarray, lv_label: int = 1) -> np.ndarray:
+    """``[H, W, T]`` labels with the LV of each frame reduced to its largest connected component (specks dropped)."""
+    measured = np.array(labels_HWT, copy=True)
+    for t in range(measured.shape[-1]):
+        lv = measured[..., t] == lv_label
+        measured[..., t][lv & ~largest_component(lv)] = 0
+    return measured
+
+
 def lv_confidence(probabilities_CHWT: Any, lv_label: int = 1) -> list[float]:
     """Per-frame confidence of the network in its LV: the soft Dice between the LV probability and its argmax mask.
 
@@ -88,10 +97,10 @@ def _lv_shape(labels_HWT: np.ndarray, lv_label: int, frames: Sequence[int]) -> d
 
     elongation, angle = [], []
     for t in frames:
-        mask = labels_HWT[..., t] == lv_label
+        mask = labels_HWT[..., t] == lv_label  # one component per frame (largest_lv)
         if mask.sum() < 20:
             continue
-        props = regionprops(largest_component(mask).astype(np.uint8))[0]
+        props = regionprops(mask.astype(np.uint8))[0]
         if props.axis_minor_length > 0:
             elongation.append(props.axis_major_length / props.axis_minor_length)
         # regionprops' orientation: angle between the row axis and the major axis, in (-pi/2, pi/2]
@@ -110,7 +119,7 @@ def _apex_up(report: Mapping[str, Any], labels_HWT: np.ndarray, lv_label: int) -
     ]
     up = []
     for t in frames:
-        widths = largest_component(labels_HWT[..., t] == lv_label).sum(axis=1)
+        widths = (labels_HWT[..., t] == lv_label).sum(axis=1)  # one component per frame (largest_lv)
         rows = np.nonzero(widths)[0]
         if len(rows) < 8:
             continue
@@ -148,6 +157,7 @@ def cine_quality(
     meta: Mapping[str, Any] | None = None,
     image_HWT: np.ndarray | None = None,
     confidence_T: Sequence[float] | None = None,
+    measured_HWT: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The verdict on one measured cine (see the module's docstring).
 
@@ -158,6 +168,7 @@ def cine_quality(
             ``frame_rate_problem``, ``spacing_problem``); ``None`` skips the source checks.
         image_HWT: ``[H, W, T]`` grey frames in [0, 1], for the abrupt-frame check.
         confidence_T: ``[T]`` per-frame network confidence (:func:`lv_confidence`).
+        measured_HWT: :func:`largest_lv` of ``labels_HWT`` when the caller has it (computed otherwise).
 
     Returns:
         ``{"verdict", "reasons": [str], "checks": {name: value}}``.
@@ -173,9 +184,10 @@ def cine_quality(
         found.append(("reject", f"an LV is measurable in only {measurable:.0%} of the frames"))
     elif measurable < MEASURABLE_REVIEW:
         found.append(("review", f"an LV is measurable in only {measurable:.0%} of the frames"))
+    measured = largest_lv(labels_HWT, lv_label) if measured_HWT is None else measured_HWT
     lv = labels_HWT == lv_label
     counts = lv.sum(axis=(0, 1)).astype(float)
-    kept = np.array([largest_component(lv[..., t]).sum() for t in range(n)], dtype=float)
+    kept = (measured == lv_label).sum(axis=(0, 1)).astype(float)
     outside = np.where(counts > 0, 1.0 - kept / np.maximum(counts, 1.0), 0.0)
     checks["fragmented_fraction"] = float(np.median(outside))
     if checks["fragmented_fraction"] > FRAGMENTED_REJECT:
@@ -192,14 +204,14 @@ def cine_quality(
     if measurable >= MEASURABLE_REJECT and not lo <= area <= hi:
         found.append(("review", f"the LV covers {area:.1%} of the image (plausible {lo:.0%}-{hi:.0%})"))
     present = [t for t in range(n) if kept[t] >= 20]
-    checks.update(_lv_shape(labels_HWT, lv_label, present[:: max(1, len(present) // 12)]))
+    checks.update(_lv_shape(measured, lv_label, present[:: max(1, len(present) // 12)]))
     if math.isfinite(checks["lv_elongation"]) and checks["lv_elongation"] < MIN_ELONGATION:
         found.append(
             ("review", f"the LV is not elongated (long/short axis {checks['lv_elongation']:.2f}): not an apical view?")
         )
     if math.isfinite(checks["lv_axis_angle_deg"]) and checks["lv_axis_angle_deg"] > MAX_AXIS_ANGLE_DEG:
         found.append(("review", f"the LV long axis lies {checks['lv_axis_angle_deg']:.0f} degrees from the beam"))
-    checks["apex_up_fraction"] = _apex_up(report, labels_HWT, lv_label) if report["beats"] else math.nan
+    checks["apex_up_fraction"] = _apex_up(report, measured, lv_label) if report["beats"] else math.nan
     if checks["apex_up_fraction"] < 0.5:
         found.append(("review", "the LV apex points away from the probe: not an apical view?"))
     rate = report.get("frame_rate")
@@ -278,10 +290,7 @@ def measure_cine(
     labels = np.asarray(labels_HWT)
     if labels.ndim != 3:
         raise ValueError(f"labels must be [H, W, T], got shape {labels.shape}")
-    measured = labels.copy()
-    for t in range(measured.shape[-1]):
-        lv = measured[..., t] == lv_label
-        measured[..., t][lv & ~largest_component(lv)] = 0
+    measured = largest_lv(labels, lv_label)
     calibrated = spacing_mm is not None and all(math.isfinite(float(s)) and float(s) > 0 for s in spacing_mm)
     period = None
     if image_HWT is not None:
@@ -297,7 +306,7 @@ def measure_cine(
     )
     report["volumes_calibrated"] = calibrated
     report["image_period_frames"] = period
-    report["quality"] = cine_quality(report, labels, meta, image_HWT, confidence_T)
+    report["quality"] = cine_quality(report, labels, meta, image_HWT, confidence_T, measured)
     return report
 
 
