@@ -40,6 +40,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,22 @@ def correction_distance(net: torch.nn.Module, cases: list[dict]) -> list[dict[st
     return rows
 
 
+def end_frame_area(cases: list[dict], modes: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Predicted LV area over the truth's on the first and the last frame (mean over cines), per mode.
+
+    On the CAMUS-layout splits these are ED and ES (or ES and ED): a first frame segmented small is an EF read low.
+    """
+    out = {}
+    for mode in modes:
+        ratio = {}
+        for name, t in (("first", 0), ("last", -1)):
+            ratio[name] = float(
+                np.mean([c["pred"][mode][..., t].sum() / max((c["label"][..., t] == LV).sum(), 1) for c in cases])
+            )
+        out[mode] = ratio
+    return out
+
+
 def area_drift(mask_HWT: np.ndarray, window: int) -> float:
     """Mean LV area of the last ``window`` frames over the first ``window``, minus 1 (0: no drift)."""
     area = mask_HWT.sum(axis=(0, 1)).astype(np.float64)
@@ -301,6 +318,7 @@ def bench_checkpoint(
                     [c["dice"]["memory"] for c in cases], [c["occluded"] for c in cases], clip_frames, True
                 )
         result["sets"][set_name] = per_mode
+        result.setdefault("end_frame_area", {})[set_name] = end_frame_area(cases, ("memory", "reset"))
         if set_name == "long":
             window = 30
             result["long_area_drift"] = {
@@ -349,6 +367,13 @@ def tables(results: dict[str, dict], clip_frames: int) -> str:
             lines.append("|---|---|---|---|")
             for row in res["correction_distance"]:
                 lines.append(f"| {row['distance']} | {row['corrected']:.3f} | {row['plain']:.3f} | {row['n']} |")
+        if "end_frame_area" in res:
+            lines.append("\nLV area over the truth's on the first / last frame of each cine:\n")
+            lines.append("| set | memory first | memory last | reset first | reset last |")
+            lines.append("|---|---|---|---|---|")
+            for set_name, by_mode in res["end_frame_area"].items():
+                cells = [f"{by_mode[m][e]:.3f}" for m in ("memory", "reset") for e in ("first", "last")]
+                lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
         drift = []
         if "long_area_drift" in res:
             d = res["long_area_drift"]

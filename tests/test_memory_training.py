@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 from scripts.corrections import segment_with_corrections
 from scripts.data import RandClipd, SampleClipd
 from scripts.gdkvm import GDKVM
-from scripts.training import IGNORE_LABEL, PrepareClipBatch, given_true_masks, perturb_mask
+from scripts.training import IGNORE_LABEL, PrepareClipBatch, SupervisedFramesLoss, given_true_masks, perturb_mask
 
 torch.set_num_threads(2)
 
@@ -197,6 +197,27 @@ def test_prepare_clip_batch_hands_given_masks_to_the_inferer() -> None:
         assert net(image, **kwargs).shape == (2, 2, 16, 16, 5)
 
 
+def test_first_frame_weight_counts_each_clips_first_frame_w_times() -> None:
+    """The loss with first_frame_weight w is the plain loss over the frames with every first frame repeated w times."""
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(1)
+    pred = torch.randn(2, 2, 8, 8, 5)
+    label = (torch.rand(2, 1, 8, 8, 5) > 0.5).long()
+    label[1, ..., 3] = IGNORE_LABEL  # an unsupervised frame stays out
+    inner = DiceCELoss(to_onehot_y=True, softmax=True)
+    weighted = SupervisedFramesLoss(inner, first_frame_weight=3.0)(pred, label)
+    frames = [(b, t) for b in range(2) for t in range(5) if not (b == 1 and t == 3)]
+    frames += [(b, 0) for b in range(2)] * 2  # each first frame twice more
+    stacked_pred = torch.stack([pred[b, ..., t] for b, t in frames])
+    stacked_label = torch.stack([label[b, ..., t] for b, t in frames])
+    assert torch.allclose(weighted, inner(stacked_pred, stacked_label), atol=1e-6)
+    assert torch.allclose(SupervisedFramesLoss(inner)(pred, label), SupervisedFramesLoss(inner, 1.0)(pred, label))
+    assert not torch.allclose(weighted, SupervisedFramesLoss(inner)(pred, label))
+    with pytest.raises(ValueError, match="first_frame_weight"):
+        SupervisedFramesLoss(inner, first_frame_weight=0.5)
+
+
 @torch.no_grad()
 def test_corrections_carry_forward_and_backward() -> None:
     from scripts.corrections import forward_weights
@@ -240,6 +261,7 @@ def test_training_recipe_options_through_the_bundle(tmp_path) -> None:
     data = ensure_synthetic_data(tmp_path / "data", patients=10, seed=3, size=64, progress=False)
     overrides = tiny_overrides(tmp_path, Path(data))
     overrides.update(clip_sampling="consecutive", clip_reverse_prob=0.5, given_mask_prob=0.5, num_iterations=4)
+    overrides.update(first_frame_loss_weight=3.0)
     wf = workflow(["train.json", "small_cpu.json"], "train", overrides)
     wf.initialize()
     network = wf.parser.get_parsed_content("network")
@@ -256,6 +278,7 @@ def test_training_recipe_options_through_the_bundle(tmp_path) -> None:
     whole = [int(item["image"].shape[-1]) for item in validation]
     assert min(whole) >= 10 and len(set(whole)) > 1  # validation on whole cines at their own frame rate
     assert wf.parser.get_parsed_content("eval_protocol") == "whole_cine"
+    assert wf.parser.get_parsed_content("loss").first_frame_weight == 3.0
 
 
 @pytest.mark.parametrize("kind", ["dicom_region", "nifti"])

@@ -228,18 +228,36 @@ class SupervisedFramesLoss(nn.Module):
 
     Args:
         loss: e.g. ``monai.losses.DiceCELoss(to_onehot_y=True, softmax=True)``; called on ``[F, K, H, W]`` logits
-            and ``[F, 1, H, W]`` labels.
+            and ``[F, 1, H, W]`` labels (a loss that averages over its samples).
+        first_frame_weight: weight of each clip's first frame against the others (1: all equal, the paper's recipe).
+            The first frame is the one the network segments with an empty memory and an empty previous mask, as
+            every cine's first frame at inference; it is 1 of T supervised frames of a clip, so a recurrent network
+            learns it less well than the frames after (bench/memory.py, frame 0). With weight w the result is the
+            loss of the supervised frames with each first frame counted w times.
     """
 
-    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def __init__(
+        self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], first_frame_weight: float = 1.0
+    ) -> None:
         super().__init__()
+        if not first_frame_weight >= 1.0:
+            raise ValueError(f"first_frame_weight must be >= 1, got {first_frame_weight!r}")
         self.loss = loss
+        self.first_frame_weight = float(first_frame_weight)
 
     def forward(self, pred_BKHWT: torch.Tensor, label_B1HWT: torch.Tensor) -> torch.Tensor:
-        pred, label = gather_supervised_frames(torch.as_tensor(pred_BKHWT), torch.as_tensor(label_B1HWT))
+        pred_BKHWT, label_B1HWT = torch.as_tensor(pred_BKHWT), torch.as_tensor(label_B1HWT)
+        pred, label = gather_supervised_frames(pred_BKHWT, label_B1HWT)
         if pred.shape[0] == 0:  # no supervised frame in this batch: a zero that keeps the graph
-            return torch.as_tensor(pred_BKHWT).sum() * 0.0
-        return self.loss(pred, label)
+            return pred_BKHWT.sum() * 0.0
+        value = self.loss(pred, label)
+        if self.first_frame_weight == 1.0:
+            return value
+        first_pred, first_label = gather_supervised_frames(pred_BKHWT[..., :1], label_B1HWT[..., :1])
+        if first_pred.shape[0] == 0:
+            return value
+        extra = (self.first_frame_weight - 1.0) * first_pred.shape[0]
+        return (value * pred.shape[0] + self.loss(first_pred, first_label) * extra) / (pred.shape[0] + extra)
 
 
 class GradientClipHandler:
