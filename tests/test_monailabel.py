@@ -44,6 +44,7 @@ TRAIN_ONLY = {"num_frames": 4, "batch_size": 1, "iterations_per_epoch": 2}  # /t
 # One torch thread for the server and the bundle's own inference: on a CI machine shared with other jobs, torch's
 # threads waiting for each other made single inferences of these small cines take up to 30 s instead of 0.3 s.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+MAX_UPLOAD_MB = 4  # the test server's cap on a request body (GDKVM_MAX_UPLOAD_MB; the default is 512)
 
 pytestmark = [
     pytest.mark.slow,
@@ -61,23 +62,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def multipart(files: dict) -> tuple[bytes, dict]:
+    """A multipart body of ``{field: (filename, bytes)}`` or ``{field: text}`` fields, and its Content-Type header."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for field, value in files.items():
+        if isinstance(value, tuple):
+            head = f'Content-Disposition: form-data; name="{field}"; filename="{value[0]}"\r\n'
+            parts.append(f"--{boundary}\r\n{head}Content-Type: application/octet-stream\r\n\r\n".encode() + value[1])
+        else:
+            head = f'Content-Disposition: form-data; name="{field}"\r\n\r\n'
+            parts.append(f"--{boundary}\r\n{head}".encode() + value.encode())
+    body = b"\r\n".join(parts) + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
 def call(url: str, method: str = "GET", files: dict | None = None, timeout: float = 120) -> tuple[int, bytes]:
     """HTTP request -> (status, body); ``files`` = ``{field: (filename, bytes)}`` or ``{field: text}`` (multipart)."""
-    data, headers = None, {}
-    if files is not None:
-        boundary = uuid.uuid4().hex
-        parts = []
-        for field, value in files.items():
-            if isinstance(value, tuple):
-                head = f'Content-Disposition: form-data; name="{field}"; filename="{value[0]}"\r\n'
-                parts.append(
-                    f"--{boundary}\r\n{head}Content-Type: application/octet-stream\r\n\r\n".encode() + value[1]
-                )
-            else:
-                head = f'Content-Disposition: form-data; name="{field}"\r\n\r\n'
-                parts.append(f"--{boundary}\r\n{head}".encode() + value.encode())
-        data = b"\r\n".join(parts) + f"\r\n--{boundary}--\r\n".encode()
-        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+    data, headers = multipart(files) if files is not None else (None, {})
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
@@ -117,6 +119,8 @@ def start_server(studies: Path, work: Path, weights: Path, port: int) -> subproc
         MONAILABEL_APP=str(work / "app"),
         GDKVM_WEIGHTS=str(weights),
         GDKVM_OVERRIDES=json.dumps(TRAIN_ONLY),
+        GDKVM_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB),
+        MONAI_LABEL_SESSION_PATH=str(work / "sessions" / "store"),  # not the user's ~/.cache/monailabel/sessions
     )
     env.pop("PYTHONPATH", None)
     with open(work / "server.log", "ab") as log:  # the child has its own copy of the file descriptor
@@ -425,3 +429,238 @@ def test_corrections_sent_with_infer_carry_through_the_cine(server: dict) -> Non
     np.testing.assert_array_equal(label[..., [0, last]], (truth[..., [0, last]] == 1).astype(np.uint8))
     status, body = infer(server, stem, files={"label": sent, "params": json.dumps({"corrected_frames": [999]})})
     assert status == 422 and "outside the cine" in detail(body), body[-500:]
+
+
+def raw(server: dict, method: str, target: str, body: bytes | None = None, headers: dict | None = None,
+        chunks: list[bytes] | None = None) -> tuple[int, bytes]:  # fmt: skip
+    """One request with the target sent exactly as written (no client-side normalisation of ``..``); ``chunks``
+    sends the body with chunked transfer encoding (no Content-Length)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    url = urlparse(server["base"])
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+    try:
+        if chunks is not None:
+            conn.request(method, target, body=iter(chunks), headers=headers or {}, encode_chunked=True)
+        else:
+            conn.request(method, target, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def snapshot(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder`` (but the top-level entries ``skip``): relative path -> (mode, bytes)."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mode, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).parts[0] not in skip
+    }
+
+
+@pytest.fixture
+def outside(server: dict) -> Iterator[tuple[Path, set[str]]]:
+    """A folder beside the studies folder with a real cine and a label in it: no request may read, write or delete
+    there. Yields the folder and a set the test fills with the studies files it may change (relative paths);
+    afterwards nothing else beside or in the studies folder changed (bytes and modes compared)."""
+    work, studies = server["work"], server["studies"]
+    folder = work / "outside"
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(studies / "narrow_4CH.nii.gz", folder / "keep.nii.gz")
+    shutil.copyfile(studies / "a4c_ybr_color.dcm", folder / "keep.dcm")
+    (folder / "final").mkdir(exist_ok=True)
+    shutil.copyfile(studies / "narrow_4CH.nii.gz", folder / "final" / "narrow_4CH.nii.gz")
+    before_work = snapshot(work, skip=("app", "server.log", "studies"))
+    before_studies = snapshot(studies, skip=("datastore_v2.json", ".lock"))
+    allowed: set[str] = set()
+    yield folder, allowed
+    assert snapshot(work, skip=("app", "server.log", "studies")) == before_work, "a file beside the studies changed"
+    after_studies = snapshot(studies, skip=("datastore_v2.json", ".lock"))
+    changed = sorted(
+        k for k in set(before_studies) | set(after_studies) if before_studies.get(k) != after_studies.get(k)
+    )
+    assert set(changed) <= server.get("allowed_changes", set()), changed
+
+
+def test_nobody_climbs_out_of_the_datastore_raw_http(server: dict, outside: tuple[Path, set[str]]) -> None:
+    """Every datastore endpoint (PUT/GET/HEAD/DELETE image and label, their info, upload, session, /infer) refuses a
+    name that would leave the studies folder with 422 and one line naming the value; the files outside stay as they
+    were (the fixture compares them byte for byte, modes included), nothing is added to the studies folder."""
+    from urllib.parse import quote
+
+    outside, _ = outside
+    absolute = str(outside / "keep")
+    cine = (server["studies"] / "a4c_ybr_color.dcm").read_bytes()
+    label_bytes = (server["studies"] / "labels" / "final" / f"{sorted(server['truth'])[0]}.nii.gz").read_bytes()
+    upload, upload_headers = multipart({"file": ("evil.dcm", cine), "params": "{}"})
+    put_label, label_headers = multipart({"label": ("label.nii.gz", label_bytes), "params": "{}"})
+    q = quote
+    cases = [  # (method, target, body, headers, status, text the one line must hold)
+        ("PUT", f"/datastore/?image={q('../outside/evil')}", upload, upload_headers, 422, "image id '../outside/evil'"),
+        ("PUT", f"/datastore/image?image={q(absolute)}", upload, upload_headers, 422, f"image id {absolute!r}"),
+        ("PUT", f"/datastore/image?image={q('evil' + chr(0))}", upload, upload_headers, 422, "NUL"),
+        ("PUT", f"/datastore/image?image={'x' * 300}", upload, upload_headers, 422, "too long (300 bytes"),
+        ("PUT", f"/datastore/image?image={q('..')}", upload, upload_headers, 422, "image id '..'"),
+        ("PUT", f"/datastore/image?image={q('.datastore_v2')}", upload, upload_headers, 422, "starts with '.'"),
+        ("PUT", "/datastore/image", *multipart({"file": ("../..", cine)}), 422, "upload name '../..'"),
+        ("PUT", "/datastore/image", *multipart({"file": ("datastore_v2.json", cine)}), 422, "is not a cine's"),
+        (
+            "PUT",
+            f"/datastore/label?image=narrow_4CH&tag={q('../../outside')}",
+            put_label,
+            label_headers,
+            422,
+            "label tag '../../outside'",
+        ),  # fmt: skip
+        (
+            "PUT",
+            f"/datastore/label?image={q('../outside/keep')}&tag=final",
+            put_label,
+            label_headers,
+            422,
+            "image id '../outside/keep'",
+        ),  # fmt: skip
+        (
+            "PUT",
+            "/datastore/label?image=narrow_4CH&tag=final",
+            *multipart({"label": ("x/..", label_bytes)}),
+            422,
+            "upload name 'x/..'",
+        ),  # fmt: skip
+        ("GET", f"/datastore/image?image={q('../outside/keep')}", None, None, 422, "image id '../outside/keep'"),
+        ("HEAD", f"/datastore/image?image={q(absolute)}", None, None, 422, None),
+        ("GET", f"/datastore/image/info?image={q('../outside/keep')}", None, None, 422, "image id"),
+        ("PUT", f"/datastore/image/info?image={q('../outside/keep')}", *multipart({"info": "{}"}), 422, "image id"),
+        ("GET", f"/datastore/label?label={q('../outside/keep')}&tag=final", None, None, 422, "label id"),
+        ("GET", f"/datastore/label?label=narrow_4CH&tag={q('../../outside/final')}", None, None, 422, "label tag"),
+        ("HEAD", f"/datastore/label?image=narrow_4CH&tag={q('../x')}", None, None, 422, None),
+        ("GET", f"/datastore/label/info?label=narrow_4CH&tag={q('/tmp')}", None, None, 422, "label tag '/tmp'"),
+        ("PUT", f"/datastore/label/info?label=narrow_4CH&tag={q('..')}", *multipart({"info": "{}"}), 422, "label tag"),
+        ("DELETE", f"/datastore/?id={q('../outside/keep')}", None, None, 422, "image id '../outside/keep'"),
+        ("DELETE", f"/datastore/image?id={q(absolute)}", None, None, 422, "image id"),
+        ("DELETE", "/datastore/image?id=", None, None, 422, "image id '': empty"),
+        ("DELETE", "/datastore/image?id=no_such_cine", None, None, 404, "image 'no_such_cine': not in the datastore"),
+        ("DELETE", f"/datastore/label?id=narrow_4CH&tag={q('../../outside/final')}", None, None, 422, "label tag"),
+        ("DELETE", f"/datastore/label?id={q('../outside/keep')}&tag=final", None, None, 422, "'../outside/keep'"),
+        ("DELETE", "/datastore/label?id=narrow_4CH&tag=final", None, None, 404, "label 'narrow_4CH' tag 'final'"),
+        ("GET", "/session/..", None, None, 422, "session id '..'"),
+        ("DELETE", "/session/..", None, None, 422, "session id '..'"),
+        ("DELETE", f"/session/{q('../../..', safe='')}", None, None, 422, "session id"),
+        ("PUT", "/session/?uncompress=true", *multipart({"files": ("cines.tar", b"x" * 1024)}), 422, "uncompress"),
+        ("PUT", "/session/", *multipart({"files": ("..", cine)}), 422, "upload name '..'"),
+        ("POST", f"/infer/{NAME}?image={q('../outside/keep')}&output=image", None, None, 422, "image id"),
+        ("POST", f"/infer/{NAME}?image={q(absolute + '.nii.gz')}&output=image", None, None, 422, "image id"),
+        ("POST", f"/infer/{NAME}?image=narrow_4CH&session_id={q('../x')}", None, None, 422, "session id"),
+        (
+            "POST",
+            f"/infer/{NAME}?image=narrow_4CH&output=json",
+            *multipart({"params": json.dumps({"save_label": True, "label_tag": "../../outside"})}),
+            422,
+            "label tag '../../outside'",
+        ),  # fmt: skip
+    ]
+    failures = []
+    for method, target, body, headers, status, text in cases:
+        got, answer = raw(server, method, target, body, headers)
+        line = json.loads(answer)["detail"] if answer and answer.startswith(b"{") else answer.decode(errors="replace")
+        print(f"{method} {target[:90]}: HTTP {got}: {line}")
+        if got != status or (text is not None and (text not in line or "\n" in line)):
+            failures.append((method, target[:120], got, line))
+    assert not failures, failures
+    for kept in ("keep.nii.gz", "keep.dcm", "final/narrow_4CH.nii.gz"):
+        assert (outside / kept).is_file()
+    listed = json.loads(call(f"{server['base']}/datastore/?output=all")[1])["objects"]
+    assert not [image_id for image_id in listed if "/" in image_id or image_id.startswith(".")], listed
+
+
+def test_uploads_are_capped_in_size(server: dict, outside: tuple[Path, set[str]]) -> None:
+    """A body over GDKVM_MAX_UPLOAD_MB is refused with 413 and one line naming the cap: at once when its length is
+    announced, and while it streams in when it is not (chunked); nothing is stored."""
+    big = b"\0" * (MAX_UPLOAD_MB * 1024 * 1024 + 1)
+    body, headers = multipart({"file": ("huge.dcm", big)})
+    status, answer = raw(server, "PUT", "/datastore/image?image=huge", body, headers)
+    assert status == 413, answer[-300:]
+    assert f"capped at {MAX_UPLOAD_MB} MB (GDKVM_MAX_UPLOAD_MB)" in json.loads(answer)["detail"]
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    status, answer = raw(server, "PUT", "/datastore/image?image=huge", headers=headers, chunks=chunks)
+    assert status == 413, answer[-300:]
+    assert "GDKVM_MAX_UPLOAD_MB" in json.loads(answer)["detail"]
+    assert not list(server["studies"].glob("huge*"))
+
+
+CLIENT_SCRIPT = r"""
+import json, re, sys
+from monailabel.client.client import MONAILabelClient, MONAILabelClientException
+
+base, model, outside, label_file, studies_cine = sys.argv[1:6]
+client = MONAILabelClient(base)
+calls = {
+    "upload, climbing id": lambda: client.upload_image(f"{outside}/keep.dcm", image_id="../outside/evil"),
+    "upload, absolute id": lambda: client.upload_image(f"{outside}/keep.dcm", image_id=f"{outside}/evil"),
+    "save_label, climbing tag": lambda: client.save_label("narrow_4CH", label_file, tag="../../outside"),
+    "save_label, climbing image": lambda: client.save_label("../outside/keep", label_file, tag="final"),
+    "download_label, climbing id": lambda: client.download_label("../outside/final/narrow_4CH", "final"),
+    "download_label, climbing tag": lambda: client.download_label("narrow_4CH", "../../outside/final"),
+    "infer, climbing id": lambda: client.infer(model, "../outside/keep", {}),
+    "infer, absolute path": lambda: client.infer(model, f"{outside}/keep.nii.gz", {}),
+    "get_session ..": lambda: client.get_session(".."),
+    "remove_session ..": lambda: client.remove_session(".."),
+    "upload, good id with a space": lambda: client.upload_image(studies_cine, image_id="client upload 01"),
+}
+results = {}
+for name, run in calls.items():
+    try:
+        out = run()
+        results[name] = [200, json.dumps(out)[:300]]
+    except MONAILabelClientException as e:
+        found = re.match(r"Status: (\d+); Response: (.*)", str(e.msg), re.S)
+        status = e.status_code or (int(found.group(1)) if found else None)
+        body = found.group(2) if found else str(e.msg)
+        try:
+            body = json.loads(body)["detail"]
+        except Exception:
+            pass
+        results[name] = [status, body]
+print(json.dumps(results))
+"""
+
+
+def test_nobody_climbs_out_of_the_datastore_through_the_client(server: dict, outside: tuple[Path, set[str]]) -> None:
+    """The same refusals through MONAI Label's own client (``monailabel.client.MONAILabelClient``, as 3D Slicer's
+    module uses it, run in MONAI Label's venv): upload, save_label, download_label, infer and sessions with ids or
+    tags that climb out or are absolute paths -> 422 naming the value; a good id with a space is stored in the
+    studies folder (and deleted again), the files outside stay as they were."""
+    folder, _ = outside
+    label_file = server["studies"] / "labels" / "final" / f"{sorted(server['truth'])[0]}.nii.gz"
+    done = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", CLIENT_SCRIPT, server["base"], NAME, str(folder), str(label_file),
+         str(server["studies"] / "a4c_ybr_color.dcm")],
+        capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (status, text) in results.items():
+        print(f"client {name}: {status}: {text}")
+    expected = {
+        "upload, climbing id": "image id '../outside/evil'",
+        "upload, absolute id": f"image id '{folder}/evil'",
+        "save_label, climbing tag": "label tag '../../outside'",
+        "save_label, climbing image": "image id '../outside/keep'",
+        "download_label, climbing id": "label id '../outside/final/narrow_4CH'",
+        "download_label, climbing tag": "label tag '../../outside/final'",
+        "infer, climbing id": "image id '../outside/keep'",
+        "infer, absolute path": f"image id '{folder}/keep.nii.gz'",
+        "get_session ..": "session id '..'",
+        "remove_session ..": "session id '..'",
+    }
+    for name, text in expected.items():
+        status, line = results[name]
+        assert status == 422 and text in str(line), (name, status, line)
+    assert results["upload, good id with a space"][0] == 200, results["upload, good id with a space"]
+    stored = server["studies"] / "client upload 01.dcm"
+    assert stored.is_file() and stored.read_bytes() == (server["studies"] / "a4c_ybr_color.dcm").read_bytes()
+    status, body = call(f"{server['base']}/datastore/image?id=client%20upload%2001", "DELETE")
+    assert status == 200, body
+    assert not stored.exists()
