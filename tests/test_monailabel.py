@@ -397,17 +397,72 @@ def test_a_studies_tree_is_refused_at_start_up(server: dict) -> None:
     assert "Traceback" not in log and not (work / "app").exists()
 
 
-def test_train_fine_tunes_on_labels_saved_through_monailabel(server: dict) -> None:
-    weights = server["work"] / "app" / "model" / NAME / "models" / "model.pt"
-    before = weights.read_bytes()
-    body = json.dumps({"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False}).encode()
+LABEL_THROUGH_CLIENT = r"""
+import json, sys
+from monailabel.client.client import MONAILabelClient
+
+base, cine, image_id, label = sys.argv[1:5]
+client = MONAILabelClient(base)
+print(json.dumps({"upload": client.upload_image(cine, image_id=image_id),
+                  "save_label": client.save_label(image_id, label, tag="final")}))
+"""
+
+
+def train(server: dict, **request) -> tuple[int, dict]:
+    body = json.dumps({"max_epochs": 1, "device": "cpu", "multi_gpu": False, **request}).encode()
     req = urllib.request.Request(
         f"{server['base']}/train/{NAME}?run_sync=true", data=body, method="POST",
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
-    with urllib.request.urlopen(req, timeout=300) as response:
-        assert response.status == 200, response.read()[-2000:]
-    assert weights.read_bytes() != before, "training did not rewrite models/model.pt"
+    try:
+        with urllib.request.urlopen(req, timeout=600) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_train_on_the_teams_dicom_says_what_happened(server: dict) -> None:
+    """A DICOM cine uploaded through MONAI Label's client and labelled on two frames (ED and ES drawn, the rest
+    unannotated) joins the NIfTI cines in ``/train``; the answer lists the cines and their labelled frames, says how it
+    validated (val_split 0: on the training cines, said so) and whether the served weights were replaced, which the
+    weights file confirms; a replaced file stays readable (0644); the server then infers with the weights it has."""
+    from pydicom import examples
+
+    weights = server["work"] / "app" / "model" / NAME / "models" / "model.pt"
+    label = np.zeros((320, 240, 30), np.uint8)  # the DICOM's whole frame, x first, as /infer returns it
+    yy, xx = np.mgrid[:320, :240]
+    for frame, (ry, rx) in ((0, (55, 35)), (15, (45, 28))):  # ED and ES, an ellipse inside the ultrasound region
+        label[..., frame] = (((yy - 150) / ry) ** 2 + ((xx - 120) / rx) ** 2 <= 1).astype(np.uint8)
+    label_file = server["work"] / "train_a4c_label.nii.gz"
+    nib.save(nib.Nifti1Image(label, np.diag([-0.5, -0.5, 0.03, 1.0])), str(label_file))
+    done = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", LABEL_THROUGH_CLIENT, server["base"], str(examples.get_path("ybr_color")),
+         "train_a4c", str(label_file)],
+        capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (server["studies"] / "labels" / "final" / "train_a4c.nii.gz").is_file()
+
+    before = weights.read_bytes()
+    start = time.monotonic()
+    status, answer = train(server, val_split=0.0)
+    print(f"/train val_split 0.0 ({time.monotonic() - start:.0f} s): {json.dumps(answer)}")
+    assert status == 200, answer
+    cines = {c["image"]: c["labelled_frames"] for c in answer["cines"]}
+    assert cines["train_a4c.dcm"] == 2, cines
+    assert all(cines[f"{stem}.nii.gz"] > 2 for stem in server["truth"]), cines
+    assert answer["validation"]["on"] == "training cines" and "measures fit" in answer["validation"]["note"]
+    assert answer["validation"]["before_training"] is not None and answer["epochs"] == 1
+    assert answer["weights_replaced"] == (weights.read_bytes() != before), answer
+    assert answer["weights"].startswith("replaced" if answer["weights_replaced"] else "kept: no epoch beat")
+    assert weights.stat().st_mode & 0o777 == 0o644, oct(weights.stat().st_mode)
+
+    status, answer = train(server, val_split=0.5)
+    print(f"/train val_split 0.5: {json.dumps(answer)}")
+    assert status == 200 and answer["validation"]["on"] == "split" and answer["validation"]["cines"], answer
+    assert len(answer["validation"]["cines"]) + 1 <= len(answer["cines"])
+    status, body = infer(server, "train_a4c")
+    assert status == 200, body[-500:]
 
 
 def test_corrections_sent_with_infer_carry_through_the_cine(server: dict) -> None:

@@ -28,7 +28,7 @@ from monai.transforms import MapTransform
 
 from scripts.corrections import put_drawn_frames
 from scripts.data.errors import EchoDataError, check_label
-from scripts.data.video_io import cine_format, load_cine, load_volume
+from scripts.data.video_io import cine_format, load_cine, load_volume, to_meta_tensor
 from scripts.geometry import label_nifti_like_input, restore_labels
 from scripts.inference import CINE_SUFFIXES, LABEL_SUFFIXES, _is_dicom
 
@@ -202,3 +202,74 @@ def check_uploaded_label(path: str | os.PathLike, name: str, image: str | os.Pat
         if e.path != str(path):  # the image's own problem, already named
             raise
         raise EchoDataError(name, e.problem.replace(str(path), name)) from e
+
+
+def labelled_frames(label_path: str | os.PathLike, lv_label: int = 1) -> int:
+    """How many frames of a saved label volume carry an LV label (``lv_label``): what ``/train`` learns from."""
+    labels_HWT, _, _ = load_volume(label_path)
+    labels_HWT = np.asarray(labels_HWT)
+    return int((labels_HWT == lv_label).reshape(-1, labels_HWT.shape[-1]).any(axis=0).sum())
+
+
+class LoadLabelledCined(MapTransform):
+    """Load a MONAI Label training item ``{"image": cine, "label": saved label}`` into the data contract.
+
+    The image is any cine the bundle reads (DICOM, AVI/MP4, NIfTI, MetaImage/NRRD: :func:`scripts.data.load_cine`,
+    a DICOM cropped to its ultrasound region); the label is a volume saved through MONAI Label, laid out as the label
+    ``/infer`` returns for that image (a NIfTI image's own layout; the whole frame ``W x H x T`` of the others),
+    checked to lie on it. Only frames that carry an LV label (value ``lv_label``) count as annotated: the others
+    are unannotated, not background (``label_frames``). The clip runs from the first to the last annotated frame
+    (``ed_index`` 0, ``es_index`` T - 1), so a clip sampled from it (``SampleClipd``) holds both.
+
+    Output keys as :class:`scripts.data.LoadCamusd`'s: ``image`` ``[1, H, W, T]`` float32 in [0, 1], ``label``
+    ``[1, H, W, T]`` uint8 (``labels="lv"``: {0, 1}), ``label_frames`` ``[T]`` bool, ``spacing``, ``frame_rate``,
+    ``ed_index``, ``es_index``, ``frame_indices``, ``occluded`` (-1: unknown).
+
+    Raises:
+        EchoDataError: naming the label file, when it does not lie on the image or no frame has an LV label.
+    """
+
+    def __init__(self, keys: Sequence[Hashable] = ("image", "label"), labels: str = "all", lv_label: int = 1) -> None:
+        super().__init__(keys)
+        if labels not in ("all", "lv"):
+            raise ValueError(f"labels must be 'all' or 'lv', got {labels!r}")
+        self.labels, self.lv_label = labels, int(lv_label)
+        self.image_key, self.label_key = (list(keys) + ["label"])[:2]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image_path, label_path = str(d[self.image_key]), str(d[self.label_key])
+        image_HWT, meta = load_cine(image_path)
+        raw, _, _ = load_volume(label_path)
+        labels = check_label(np.asarray(raw), label_path, image_shape=tuple(int(s) for s in meta["original_shape"]))
+        if meta.get("crop") is not None:
+            y0, y1, x0, x1 = (int(c) for c in meta["crop"])
+            labels = labels[y0:y1, x0:x1]
+        annotated = (labels == self.lv_label).any(axis=(0, 1))
+        if not annotated.any():
+            raise EchoDataError(label_path, f"no frame carries an LV label ({self.lv_label}): nothing to learn from")
+        first, last = (int(i) for i in np.flatnonzero(annotated)[[0, -1]])
+        frames = np.arange(first, last + 1)
+        if self.labels == "lv":
+            labels = (labels == self.lv_label).astype(np.uint8)
+        row, col = (float(s) for s in meta["spacing"])
+        tensor_meta = {  # the entries LoadCamusd gives, so that items of any format collate in one batch
+            "filename_or_obj": image_path,
+            "format": str(meta.get("format", cine_format(image_path))),
+            "spacing": (row, col),
+            "spacing_known": bool(meta.get("spacing_known", False)),
+            "frame_rate": float(meta.get("frame_rate", float("nan"))),
+            "original_shape": tuple(int(n) for n in image_HWT.shape),
+        }
+        d[self.image_key] = to_meta_tensor(torch.as_tensor(np.asarray(image_HWT, np.float32)[..., frames]), tensor_meta)
+        d[self.label_key] = to_meta_tensor(
+            torch.as_tensor(np.ascontiguousarray(labels[..., frames]).astype(np.uint8)),
+            {**tensor_meta, "filename_or_obj": label_path},
+        )
+        d["label_frames"] = annotated[frames]
+        d["spacing"] = np.asarray((row, col), dtype=np.float32)
+        d["frame_rate"] = float(meta.get("frame_rate", float("nan")))
+        d["ed_index"], d["es_index"] = 0, len(frames) - 1
+        d["frame_indices"] = frames
+        d["occluded"] = np.full(len(frames), -1, dtype=np.int8)
+        return d

@@ -234,6 +234,140 @@ class CineDatastore(LocalDatastore):
         super().update_label_info(label_id, label_tag, info)
 
 
+class CineTrainTask(BundleTrainTask):
+    """MONAI Label's bundle training (fine-tuning the served weights) on every datastore cine with a saved label,
+    whatever its format, answering what happened.
+
+    - Cines whose saved label has no LV frame are left out (and named); none left -> 422, no training.
+    - ``val_split`` > 0: MONAI Label's split, at least one cine kept for training; with 0 (or a split that leaves
+      no validation cine) the training cines are validated, and the answer says the metric measures fit only.
+    - The served weights are validated first (epoch 0) and replaced only by an epoch that beats them.
+
+    The answer (``/train``'s JSON, also the result of an asynchronous run): ``cines`` (each with its labelled
+    frames), ``left_out``, ``validation`` (``"split"`` or ``"training cines"``, the cines, ``metric``,
+    ``before_training``, ``best``, ``best_epoch``, ``per_epoch``), ``epochs``, ``weights_replaced`` (bool) and
+    ``weights`` (one line: replaced, or kept and why), ``model`` (the served file, its SHA-256 before and after).
+    """
+
+    def _fetch_datalist(self, request: dict[str, Any], datastore: Datastore) -> list[dict[str, Any]]:
+        items = super()._fetch_datalist(request, datastore)
+        self._cines, self._left_out = [], []
+        kept = []
+        for item in items:
+            name = os.path.basename(item["image"])
+            try:
+                frames = serving().labelled_frames(item["label"])
+            except Exception as e:  # noqa: BLE001 - an unreadable label is left out and named
+                self._left_out.append({"image": name, "reason": one_line(e)})
+                continue
+            if frames == 0:
+                self._left_out.append({"image": name, "reason": "its label has no LV (1) in any frame"})
+                continue
+            self._cines.append({"image": name, "labelled_frames": frames})
+            kept.append(item)
+        if not kept:
+            reasons = "; ".join(f"{c['image']}: {c['reason']}" for c in self._left_out)
+            why = f" ({reasons})" if reasons else ""
+            raise HTTPException(
+                status_code=422,
+                detail="no labelled cine to train on: save a label with the LV on at least one frame "
+                f"(PUT /datastore/label?image=<image id>&tag=final) first{why}",
+            )
+        return kept
+
+    def _partition_datalist(self, datalist: list, request: dict[str, Any], shuffle: bool = False) -> tuple:
+        val_split = float(request.get("val_split", 0.2))
+        train_ds, val_ds = super()._partition_datalist(datalist, request, shuffle) if val_split > 0 else (datalist, [])
+        if not train_ds:  # a split that took every cine for validation
+            train_ds, val_ds = val_ds[:1], val_ds[1:]
+        self._validated_on_training = not val_ds
+        return train_ds, (val_ds or list(train_ds))
+
+    def run_single_gpu(self, request: dict[str, Any], overrides: dict[str, Any]) -> None:
+        """``monai.bundle.run`` as MONAI Label runs it, keeping the workflow to read what the training did."""
+        from monai.bundle.scripts import create_workflow
+
+        workflow = create_workflow(
+            config_file=self.bundle_config_path,
+            meta_file=self.bundle_metadata_path,
+            init_id=None,
+            run_id=request.get("run_id", "run"),
+            final_id=None,
+            **overrides,
+        )
+        workflow.run()
+        workflow.finalize()
+        best = workflow.parser.get_parsed_content("validate#best_model")
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        self._trained = {
+            "epochs": int(trainer.state.epoch),
+            "metric_name": workflow.parser.get_parsed_content("validate#evaluator").state.key_metric_name,
+            "history": list(best.history),
+            "best_epoch": int(best.best_epoch),
+            "best": float(best.best_metric),
+            "val_cines": [os.path.basename(v["image"]) for v in overrides.get("validate#dataset#data", [])],
+        }
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        import hashlib
+
+        model_file = os.path.join(self.bundle_path, "models", str(request.get("model_filename") or "model.pt"))
+
+        def sha256() -> str | None:
+            if not os.path.isfile(model_file):
+                return None
+            with open(model_file, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+
+        before = sha256()
+        self._cines, self._left_out, self._trained, self._validated_on_training = [], [], {}, False
+        super().__call__(request, datastore)
+        after = sha256()
+        trained = self._trained
+        history = trained.get("history", [])
+        start = next((value for epoch, value in history if epoch == 0), None)
+        replaced = before != after
+        if replaced:
+            weights = (
+                f"replaced: epoch {trained.get('best_epoch')} reached {trained.get('metric_name')} "
+                f"{trained.get('best', float('nan')):.4f}"
+                + (f" (the served weights had {start:.4f})" if start is not None else "")
+            )
+        elif not trained:
+            weights = "kept: the training did not run (see the server log)"
+        else:
+            weights = (
+                f"kept: no epoch beat the served weights on the validation cines ({trained.get('metric_name')} "
+                f"{start if start is None else round(start, 4)} before training, best epoch "
+                f"{max((v for e, v in history if e > 0), default=float('nan')):.4f})"
+            )
+        validation = {
+            "on": "training cines" if self._validated_on_training else "split",
+            "cines": trained.get("val_cines", []),
+            "metric": trained.get("metric_name"),
+            "before_training": start,
+            "best": trained.get("best"),
+            "best_epoch": trained.get("best_epoch"),
+            "per_epoch": [{"epoch": e, "value": v} for e, v in history],
+        }
+        if self._validated_on_training:
+            validation["note"] = (
+                "no cine was held out (val_split 0 or too few cines): validated on the training cines, so the metric "
+                "measures fit, not how the model does on new cines"
+            )
+        answer = {
+            "cines": self._cines,
+            "left_out": self._left_out,
+            "epochs": trained.get("epochs"),
+            "validation": validation,
+            "weights_replaced": replaced,
+            "weights": weights,
+            "model": {"file": os.path.basename(model_file), "sha256_before": before, "sha256_after": after},
+        }
+        logger.info(f"train: {json.dumps(answer)}")
+        return answer
+
+
 class GDKVMEchoApp(MONAILabelApp):
     """Serves the bundles named by ``--conf models`` (folders ``<app>/model/<name>``); see the module docstring."""
 
@@ -277,7 +411,7 @@ class GDKVMEchoApp(MONAILabelApp):
             return {}
         trainers: dict[str, TrainTask] = {}
         for name, path in self.models.items():
-            task = BundleTrainTask(path, self.conf)
+            task = CineTrainTask(path, self.conf)
             if task and task.is_valid():
                 trainers[name] = task
         return trainers
