@@ -605,6 +605,8 @@ def test_nobody_climbs_out_of_the_datastore_raw_http(server: dict, outside: tupl
         ("DELETE", f"/session/{q('../../..', safe='')}", None, None, 422, "session id"),
         ("PUT", "/session/?uncompress=true", *multipart({"files": ("cines.tar", b"x" * 1024)}), 422, "uncompress"),
         ("PUT", "/session/", *multipart({"files": ("..", cine)}), 422, "upload name '..'"),
+        ("PUT", f"/model/{NAME}", *multipart({"file": ("model.pt", b"not weights")}), 403, "MONAI_LABEL_AUTH_ENABLE"),
+        ("DELETE", f"/model/{NAME}", None, None, 403, "served weights"),
         ("POST", f"/infer/{NAME}?image={q('../outside/keep')}&output=image", None, None, 422, "image id"),
         ("POST", f"/infer/{NAME}?image={q(absolute + '.nii.gz')}&output=image", None, None, 422, "image id"),
         ("POST", f"/infer/{NAME}?image=narrow_4CH&session_id={q('../x')}", None, None, 422, "session id"),

@@ -552,7 +552,9 @@ class RequestGuard:
     - a query value that names a datastore object (:data:`NAMED_QUERY`: ``image``, ``id``, ``label``, ``tag``,
       ``session_id``) or a session id in the path (``/session/<id>``) that is not a safe name: 422, one line;
     - a body longer than ``max_bytes``: 413 at once when ``Content-Length`` says so, else as soon as the bytes read
-      pass it.
+      pass it;
+    - ``PUT``/``DELETE /model/<name>`` (MONAI Label's upload and removal of the served weights, which only its
+      authentication guards) while ``MONAI_LABEL_AUTH_ENABLE`` is off: 403.
     """
 
     def __init__(self, app: Any, max_bytes: int) -> None:
@@ -592,6 +594,12 @@ class RequestGuard:
         path = scope.get("path", "")
         prefix = settings.MONAI_LABEL_API_STR
         path = path[len(prefix) :] if prefix and path.startswith(prefix) else path
+        weights_change = path.startswith("/model/") and scope.get("method") in ("PUT", "DELETE")
+        if weights_change and not settings.MONAI_LABEL_AUTH_ENABLE:
+            return 403, (
+                f"{scope['method']} {path}: replacing or deleting the served weights over HTTP is off without MONAI "
+                "Label's authentication (MONAI_LABEL_AUTH_ENABLE); /train replaces them when it beats them"
+            )
         try:
             query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             for key, value in query:
