@@ -10,6 +10,12 @@ network size, so ``pred`` must be brought back to the file's whole-frame voxel l
 ``configs/monailabel_infer.json`` puts :class:`LabelToInputGeometryd` after the argmax in place of the file writer of
 ``configs/inference.json``.
 
+What a viewer downloads lines up with that label (:func:`viewer_image`): NIfTI files and MetaImage/NRRD files that
+hold their own pixels are handed out as they are (ITK reads them with the geometry the label carries); DICOM cines
+(ITK reads them with 1 mm pixels, not the ultrasound region's millimetres), videos (ITK reads none) and MetaImage
+headers whose pixels lie in another file (``.mhd`` + ``.raw``) are handed out as a NIfTI copy with exactly the
+label's shape and affine (:func:`scripts.geometry.image_nifti_like_label`).
+
 MONAI Label's datastore (a folder of studies) is checked here too, so that every adapter refuses the same things:
 :func:`datastore_layout_problem` (a folder MONAI Label cannot serve, e.g. a CAMUS tree) and
 :func:`check_uploaded_cine` / :func:`check_uploaded_label` (an upload that is not a readable cine or label).
@@ -17,7 +23,11 @@ MONAI Label's datastore (a folder of studies) is checked here too, so that every
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import tempfile
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +39,14 @@ from monai.transforms import MapTransform
 from scripts.corrections import put_drawn_frames
 from scripts.data.errors import EchoDataError, check_label
 from scripts.data.video_io import cine_format, load_cine, load_volume, to_meta_tensor
-from scripts.geometry import label_nifti_like_input, restore_labels
+from scripts.geometry import image_nifti_like_label, label_nifti_like_input, restore_labels
 from scripts.inference import CINE_SUFFIXES, LABEL_SUFFIXES, _is_dicom
 
 # File name patterns MONAI Label's local datastore lists as images (and labels): every cine format the bundle reads.
 DATASTORE_PATTERNS = tuple(f"*{suffix}" for suffix in CINE_SUFFIXES)
+# Suffix of the copy of a cine handed to viewers that cannot read the cine itself with the label's geometry.
+VIEWER_SUFFIX = ".nii.gz"
+_viewer_lock = threading.Lock()
 
 
 class LabelToInputGeometryd(MapTransform):
@@ -173,6 +186,88 @@ def datastore_layout_problem(folder: str | os.PathLike) -> str | None:
             "see docs/deploy.md, 'Datastore layouts')"
         )
     return None
+
+
+def holds_its_pixels(path: str | os.PathLike) -> bool:
+    """True for a MetaImage/NRRD file whose pixels are in the file itself (``ElementDataFile = LOCAL``; an NRRD
+    without a ``data file`` field), False for a header that names another file (``.mhd`` + ``.raw``, ``.nhdr``-style
+    NRRD), which one download does not bring along."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    if str(path).lower().endswith(".nrrd"):
+        header = re.split(rb"\r?\n\r?\n", head, maxsplit=1)[0]
+        return re.search(rb"^data ?file\s*:", header, re.IGNORECASE | re.MULTILINE) is None
+    for line in head.splitlines():
+        key, sep, value = line.partition(b"=")
+        if sep and key.strip().lower() == b"elementdatafile":
+            return value.strip().upper() == b"LOCAL"
+    return False
+
+
+def viewer_reads_as_is(source: str | os.PathLike) -> bool:
+    """True when a viewer that reads ``source`` with ITK (3D Slicer) gets, from that one file, the geometry of the
+    label ``/infer`` returns for it: a NIfTI, a MetaImage/NRRD holding its own pixels (:func:`holds_its_pixels`).
+    False for a DICOM (ITK gives it 1 mm pixels, the label the ultrasound region's millimetres), a video (ITK reads
+    none) and a MetaImage/NRRD header whose pixels lie in another file."""
+    fmt = cine_format(source)
+    if fmt == "nifti":
+        return True
+    return fmt == "itk" and holds_its_pixels(source)
+
+
+def viewer_image_name(image_id: str, source: str | os.PathLike) -> str:
+    """The file name of what :func:`viewer_image` hands out for ``source``: its own name, or ``<image_id>.nii.gz``."""
+    return os.path.basename(str(source)) if viewer_reads_as_is(source) else f"{image_id}{VIEWER_SUFFIX}"
+
+
+def viewer_image(source: str | os.PathLike, folder: str | os.PathLike, image_id: str) -> Path:
+    """The file a viewer should open for ``source`` so that the label ``/infer`` returns lies on it.
+
+    ``source`` itself when :func:`viewer_reads_as_is`; else ``<folder>/<image_id>.nii.gz``, the cine as
+    :func:`scripts.geometry.image_nifti_like_label` writes it: exactly the label's shape and affine (the whole frame,
+    x = column, y = row, t = frame; a DICOM's ultrasound-region millimetres, a video's pixels as 1 mm, the frame time
+    in s; a MetaImage's own spacing, origin and direction), grey (a colour cine's luminance). The copy is made on the
+    first request and again whenever the source's size or modification time changed (recorded beside it in
+    ``<image_id>.nii.gz.source``); it is written to a temporary file and renamed, so a reader never gets half a file.
+
+    Raises:
+        EchoDataError: the cine cannot be read.
+    """
+    if viewer_reads_as_is(source):
+        return Path(source)
+    folder = Path(folder)
+    copy = folder / f"{image_id}{VIEWER_SUFFIX}"
+    stamp = copy.with_name(copy.name + ".source")
+    stat = os.stat(source)
+    key = json.dumps({"source": os.path.realpath(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    with _viewer_lock:
+        if copy.is_file() and stamp.is_file() and stamp.read_text() == key:
+            return copy
+        folder.mkdir(parents=True, exist_ok=True)
+        _, meta = load_cine(source)
+        image = image_nifti_like_label(source, meta)
+        fd, partial = tempfile.mkstemp(prefix=f".{image_id}.", suffix=VIEWER_SUFFIX, dir=folder)
+        os.close(fd)
+        try:
+            import nibabel as nib
+
+            nib.save(image, partial)
+            os.chmod(partial, 0o644)
+            os.replace(partial, copy)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+        stamp.write_text(key)
+    return copy
+
+
+def remove_viewer_image(folder: str | os.PathLike, image_id: str) -> None:
+    """Remove the viewer copy :func:`viewer_image` made for ``image_id`` (and its record), if any."""
+    copy = Path(folder) / f"{image_id}{VIEWER_SUFFIX}"
+    with _viewer_lock:
+        for path in (copy, copy.with_name(copy.name + ".source")):
+            if path.is_file():
+                path.unlink()
 
 
 def check_uploaded_cine(path: str | os.PathLike, name: str) -> None:
