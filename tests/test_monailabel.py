@@ -130,10 +130,27 @@ def start_server(studies: Path, work: Path, weights: Path, port: int) -> subproc
         )  # fmt: skip
 
 
+def write_viewer_cines(studies: Path) -> None:
+    """``clip.avi`` (72 x 88, 8 frames at 25 /s) and ``cine.mhd`` + ``cine.raw`` (64 x 56, 8 frames; 0.2 x 0.3 mm,
+    an origin and rows running towards -y) in the studies folder."""
+    import itk
+    from fixtures_echo import phantom, write_avi
+
+    image, _ = phantom(72, 88, 8, seed=1)
+    write_avi(np.moveaxis(image, -1, 0), studies / "clip.avi", fps=25.0)
+    image, _ = phantom(64, 56, 8, seed=4)
+    cine = itk.image_from_array(np.ascontiguousarray(np.moveaxis(image, -1, 0)))  # (t, y, x)
+    cine.SetSpacing([0.2, 0.3, 0.04])
+    cine.SetOrigin([12.5, -3.0, 0.0])
+    cine.SetDirection(itk.matrix_from_array(np.diag([1.0, -1.0, 1.0])))
+    itk.imwrite(cine, str(studies / "cine.mhd"))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[dict]:
     """MONAI Label on 127.0.0.1: two held-out synthetic cines (ground truth in labels/final), one cropped to 64 x 52
-    (a transposed label would show), the pydicom A4C DICOM cine and a truncated NIfTI. Killed afterwards."""
+    (a transposed label would show), the pydicom A4C DICOM cine, an AVI, a MetaImage (.mhd + .raw) and a truncated
+    NIfTI. Killed afterwards."""
     from pydicom import examples
 
     from scripts.synthetic import write_camus_dataset
@@ -153,6 +170,7 @@ def server(tmp_path_factory) -> Iterator[dict]:
     cropped = np.asanyarray(source.dataobj)[:, 6:58]
     nib.save(nib.Nifti1Image(cropped, source.affine, source.header), str(studies / "narrow_4CH.nii.gz"))
     shutil.copyfile(examples.get_path("ybr_color"), studies / "a4c_ybr_color.dcm")
+    write_viewer_cines(studies)
     (studies / "truncated_4CH.nii.gz").write_bytes(cines[1].read_bytes()[:300])
     weights, trained = self_describing_weights(work)
     port = free_port()
@@ -721,3 +739,71 @@ def test_nobody_climbs_out_of_the_datastore_through_the_client(server: dict, out
     status, body = call(f"{server['base']}/datastore/image?id=client%20upload%2001", "DELETE")
     assert status == 200, body
     assert not stored.exists()
+
+
+def test_what_the_annotator_opens_lines_up_with_the_label(server: dict, tmp_path: Path) -> None:
+    """For a DICOM, an AVI, a NIfTI and a MetaImage (.mhd + .raw) cine of the studies folder, the image that
+    ``GET /datastore/image`` hands out (saved under the name the image info gives, as 3D Slicer's module does) and the
+    label ``/infer`` returns read with ITK (as Slicer reads them) with the same size, spacing, origin and direction;
+    the DICOM's in the ultrasound region's millimetres (ITK reads the file itself with 1 mm pixels), which the
+    measurement (``lv_measurement``) uses too. A label drawn on that image and written by ITK is taken by
+    ``save_label``, lies on the same pixels of the cine for ``/train``'s loader, and sent with ``/infer`` as
+    corrections comes back exactly as drawn."""
+    from fixtures_echo import annotate_as_slicer, assert_same_geometry, itk_view
+
+    from scripts.data import load_cine
+    from scripts.serving import LoadLabelledCined
+
+    base, studies = server["base"], server["studies"]
+    frames = (0, 3)
+    for image_id, source_name in (("a4c_ybr_color", "a4c_ybr_color.dcm"), ("clip", "clip.avi"),
+                                  ("narrow_4CH", "narrow_4CH.nii.gz"), ("cine", "cine.mhd")):  # fmt: skip
+        status, body = call(f"{base}/datastore/image/info?image={image_id}")
+        assert status == 200, body
+        info = json.loads(body)
+        name = info["name"]
+        assert name == f"{image_id}.nii.gz", info  # a NIfTI for each: the copy, or (narrow_4CH) the file itself
+        assert info.get("source_name", name) == source_name
+        status, handed = call(f"{base}/datastore/image?image={image_id}")
+        assert status == 200, handed[-300:]
+        (tmp_path / name).write_bytes(handed)
+        status, label = infer(server, image_id)
+        assert status == 200, label[-500:]
+        (tmp_path / f"{image_id}_label.nii.gz").write_bytes(label)
+        image_view, label_view = itk_view(tmp_path / name), itk_view(tmp_path / f"{image_id}_label.nii.gz")
+        assert_same_geometry(image_view, label_view)
+        source = studies / source_name
+        _, meta = load_cine(source)
+        height, width, length = meta["original_shape"]
+        np.testing.assert_array_equal(image_view["size"], [width, height, length])
+        if image_id == "a4c_ybr_color":
+            np.testing.assert_allclose(itk_view(source)["spacing"], [1, 1, 1])  # why the DICOM is not handed out
+            np.testing.assert_allclose(image_view["spacing"][:2], meta["spacing"][::-1], rtol=1e-5)
+            assert abs(image_view["spacing"][0] - 1.0) > 0.01  # the region's 1.02 mm, not ITK's 1 mm
+        if image_id == "cine":
+            assert_same_geometry(image_view, itk_view(source))  # the .mhd's own geometry
+
+        crop = meta.get("crop") or (0, height, 0, width)
+        rows = slice(crop[0] + (crop[1] - crop[0]) // 3, crop[0] + (crop[1] - crop[0]) // 2)
+        cols = slice(crop[2] + (crop[3] - crop[2]) // 3, crop[2] + (crop[3] - crop[2]) // 2)
+        drawn = tmp_path / f"{image_id}_drawn.nii.gz"
+        drawing = annotate_as_slicer(tmp_path / name, drawn, rows, cols, frames)
+        status, body = call(
+            f"{base}/datastore/label?image={image_id}&tag=annotator", "PUT",
+            files={"label": (f"{image_id}.nii.gz", drawn.read_bytes()), "params": "{}"},
+        )  # fmt: skip
+        assert status == 200, body[-300:]
+        saved = studies / "labels" / "annotator" / f"{image_id}.nii.gz"
+        item = LoadLabelledCined(labels="lv")({"image": str(source), "label": str(saved)})
+        expected = np.moveaxis(drawing, 0, -1)[crop[0] : crop[1], crop[2] : crop[3]]
+        np.testing.assert_array_equal(item["label"][0].numpy(), expected[..., frames[0] : frames[1] + 1])
+
+        sent = (f"{image_id}_drawn.nii.gz", drawn.read_bytes())
+        status, body = infer(
+            server, image_id, files={"label": sent, "params": json.dumps({"corrected_frames": frames})}
+        )
+        assert status == 200, body[-500:]
+        (tmp_path / f"{image_id}_corrected.nii.gz").write_bytes(body)
+        corrected = itk_view(tmp_path / f"{image_id}_corrected.nii.gz")
+        assert_same_geometry(image_view, corrected)
+        np.testing.assert_array_equal(corrected["array"][list(frames)] == 1, drawing[list(frames)] == 1, image_id)

@@ -16,7 +16,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from fixtures_echo import phantom, save_nifti_hwt, write_avi, write_dicom
+from fixtures_echo import (
+    annotate_as_slicer,
+    assert_same_geometry,
+    itk_view,
+    phantom,
+    save_nifti_hwt,
+    write_avi,
+    write_dicom,
+)
 
 from scripts.data import LoadCined, ResizeCined, load_cine
 from scripts.geometry import labels_from_nifti_like_input
@@ -34,25 +42,6 @@ from scripts.serving import (
 REGION = (8, 4, 88, 76)  # DICOM region (x0, y0, x1, y1), inclusive; 0.3 mm columns, 0.4 mm rows (fixtures_echo)
 DRAWN = (slice(30, 50), slice(30, 60))  # rows, columns of the whole frame an annotator fills, inside REGION
 DRAWN_FRAMES = (0, 3)
-
-
-def itk_view(path: str | Path) -> dict[str, np.ndarray]:
-    """A file as 3D Slicer reads it (ITK): size (x, y, t), spacing, origin, direction and the array (t, y, x)."""
-    image = itk.imread(str(path))
-    return {
-        "size": np.asarray(itk.size(image), dtype=int),
-        "spacing": np.asarray(image.GetSpacing(), dtype=float),
-        "origin": np.asarray(image.GetOrigin(), dtype=float),
-        "direction": np.asarray(itk.array_from_matrix(image.GetDirection()), dtype=float),
-        "array": np.asarray(itk.array_view_from_image(image)).copy(),
-    }
-
-
-def assert_same_geometry(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    np.testing.assert_array_equal(a["size"], b["size"])
-    np.testing.assert_allclose(a["spacing"], b["spacing"], rtol=1e-5)
-    np.testing.assert_allclose(a["origin"], b["origin"], atol=1e-4)
-    np.testing.assert_allclose(a["direction"], b["direction"], atol=1e-6)
 
 
 def write_label_as_monailabel(path: str | Path, out: Path) -> Path:
@@ -73,19 +62,6 @@ def write_label_as_monailabel(path: str | Path, out: Path) -> Path:
     written.SetDirection(itk.matrix_from_array(np.ascontiguousarray(affine[:3, :3] / spacing)))
     itk.imwrite(written, str(out))
     return out
-
-
-def annotate_as_slicer(viewer_file: Path, out: Path) -> np.ndarray:
-    """An annotator's label drawn on the image the viewer opened: LV (1) in :data:`DRAWN` on frames
-    :data:`DRAWN_FRAMES`, written by ITK with the image's own geometry. Returns the drawing (t, y, x)."""
-    image = itk.imread(str(viewer_file))
-    drawing = np.zeros(itk.array_view_from_image(image).shape[:3], np.uint8)  # (t, y, x)
-    for frame in DRAWN_FRAMES:
-        drawing[frame][DRAWN] = 1
-    label = itk.image_from_array(drawing)
-    label.CopyInformation(image)
-    itk.imwrite(label, str(out), True)
-    return drawing
 
 
 def dicom(tmp_path: Path) -> Path:
@@ -156,7 +132,7 @@ def test_a_label_drawn_on_the_handed_out_image_is_read_on_the_same_pixels(kind: 
     drawn LV lies on the same pixels of the cine the network reads (a DICOM's region cut out the same way)."""
     source = CASES[kind](tmp_path)
     handed = viewer_image(source, tmp_path / "viewer", "case")
-    drawing_tyx = annotate_as_slicer(handed, tmp_path / "annotated.nii.gz")
+    drawing_tyx = annotate_as_slicer(handed, tmp_path / "annotated.nii.gz", *DRAWN, DRAWN_FRAMES)
     check_uploaded_label(tmp_path / "annotated.nii.gz", "annotated.nii.gz", source)
     expected_HWT = np.moveaxis(drawing_tyx, 0, -1)
     _, meta = load_cine(source)

@@ -64,7 +64,8 @@ upload = threading.local()
 
 # (method, path) of MONAI Label's endpoints that do blocking work and are run in worker threads instead.
 THREADED_ROUTES = (("POST", "/infer/{model}"), ("PUT", "/datastore/image"), ("PUT", "/datastore/"),
-                   ("PUT", "/datastore/label"), ("PUT", "/session/"))  # fmt: skip
+                   ("PUT", "/datastore/label"), ("PUT", "/session/"), ("GET", "/datastore/image"),
+                   ("HEAD", "/datastore/image"))  # fmt: skip
 # Query parameters that name a datastore object, and what they name (RequestGuard checks each before the endpoint runs).
 NAMED_QUERY = {
     "image": "image id",
@@ -142,7 +143,30 @@ class CineDatastore(LocalDatastore):
     """MONAI Label's local datastore that lists every cine format, refuses unreadable uploads (HTTP 422) and never
     touches a file outside its folder: every id and tag is checked (:mod:`scripts.safe_names`, 422 with one line),
     every path it builds must lie in the studies folder (or its ``labels/<tag>`` folder), an unknown image or label
-    is 404. Uploads are stored under ``<image id><cine suffix>``, labels under ``labels/<tag>/<image id><suffix>``."""
+    is 404. Uploads are stored under ``<image id><cine suffix>``, labels under ``labels/<tag>/<image id><suffix>``.
+
+    Viewers get what the label lies on (:meth:`viewer_image`): a DICOM, a video or a ``.mhd`` + ``.raw`` pair is
+    handed out (``GET /datastore/image``) as ``<image id>.nii.gz`` in the label's geometry, kept in
+    ``viewer_folder``; the image info (``GET /datastore/image/info``, the sample ``/activelearning`` returns, which
+    3D Slicer downloads or opens by its ``name`` and ``path``) names that file, and ``source_name`` the cine's own.
+    """
+
+    def __init__(self, *args: Any, viewer_folder: str, **kwargs: Any) -> None:
+        self.viewer_folder = viewer_folder
+        super().__init__(*args, **kwargs)
+
+    def viewer_image(self, image_id: str) -> str:
+        """The file a viewer should open for ``image_id`` (:func:`scripts.serving.viewer_image`): the cine itself,
+        or its NIfTI copy in the label's geometry (made now if missing or older than the cine); 404 for an unknown
+        image, 422 for a cine that cannot be read."""
+        image_id = self._known_image(image_id)
+        source = self.get_image_uri(image_id)
+        try:
+            return str(serving().viewer_image(source, self.viewer_folder, image_id))
+        except Exception as e:
+            if is_bad_input(e):
+                raise HTTPException(status_code=422, detail=one_line(e)) from e
+            raise
 
     def _inside(self, folder: str, name: str) -> str:
         try:
@@ -203,7 +227,9 @@ class CineDatastore(LocalDatastore):
         return super().save_label(image_id, label_filename, label_tag, label_info)
 
     def remove_image(self, image_id: str) -> None:
-        super().remove_image(self._known_image(image_id))
+        image_id = self._known_image(image_id)
+        super().remove_image(image_id)
+        serving().remove_viewer_image(self.viewer_folder, image_id)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         label_id = self._known_image(label_id, "label id")
@@ -216,7 +242,13 @@ class CineDatastore(LocalDatastore):
         return super().get_image_uri(check_name("image id", image_id))
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
-        return super().get_image_info(check_name("image id", image_id))
+        image_id = check_name("image id", image_id)
+        info = super().get_image_info(image_id)
+        source = info.get("path")
+        if source and os.path.isfile(source) and not serving().viewer_reads_as_is(source):
+            name = serving().viewer_image_name(image_id, source)
+            info.update(source_name=os.path.basename(source), name=name, path=os.path.join(self.viewer_folder, name))
+        return info
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         super().update_image_info(self._known_image(image_id), info)
@@ -394,6 +426,7 @@ class GDKVMEchoApp(MONAILabelApp):
             raise RuntimeError(f"studies folder {self.studies}: {problem}")
         return CineDatastore(
             self.studies,
+            viewer_folder=os.path.join(self.app_dir, "viewer_images"),
             extensions=list(serving().DATASTORE_PATTERNS),
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
@@ -491,6 +524,7 @@ class GDKVMEchoApp(MONAILabelApp):
 
     def on_init_complete(self) -> None:
         super().on_init_complete()
+        hand_out_viewer_images()
         run_blocking_routes_in_threads()
         guard_requests(max_upload_bytes())
 
@@ -528,6 +562,44 @@ def in_thread(endpoint: Callable, path: str) -> Callable:
     run.__name__ = endpoint.__name__
     run.__doc__ = endpoint.__doc__
     return run
+
+
+def hand_out_viewer_images() -> None:
+    """Make MONAI Label's ``GET``/``HEAD /datastore/image`` hand out :meth:`CineDatastore.viewer_image` (what the
+    label ``/infer`` returns lies on, e.g. a DICOM's NIfTI copy in the ultrasound region's millimetres) instead of
+    the cine's own file. Both endpoints call the module's ``download_image``, which is replaced."""
+    module = sys.modules.get("monailabel.endpoints.datastore")
+    if module is None or getattr(module.download_image, "hands_out_viewer_images", False):
+        return
+    original = module.download_image
+
+    def download_image(image: str, check_only: bool = False, check_sum: str | None = None) -> Any:
+        from fastapi.responses import FileResponse
+        from monailabel.interfaces.utils.app import app_instance
+        from monailabel.utils.others.generic import file_checksum, get_mime_type
+
+        datastore = app_instance().datastore()
+        if not isinstance(datastore, CineDatastore):
+            return original(image, check_only, check_sum)
+        source = datastore.get_image_uri(image)
+        if not source or not os.path.isfile(source):
+            raise HTTPException(status_code=404, detail=f"image '{image}': not in the datastore")
+        if check_only and not check_sum:
+            return {}
+        path = datastore.viewer_image(image)
+        if check_only:
+            algo, _, digest = check_sum.rpartition(":")
+            algo = algo.upper() or "SHA256"
+            if algo not in ("SHA256", "SHA512", "MD5"):
+                raise HTTPException(status_code=422, detail=f"check_sum {check_sum!r}: use SHA256:, SHA512: or MD5:")
+            if f"{algo}:{digest.lower()}" != file_checksum(path, algo=algo):
+                raise HTTPException(status_code=404, detail=f"image '{image}': checksum differs")
+            return {}
+        return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
+
+    download_image.hands_out_viewer_images = True  # type: ignore[attr-defined]
+    module.download_image = download_image
+    logger.info("GET /datastore/image hands out DICOM, video and .mhd cines as NIfTI in the label's geometry")
 
 
 def max_upload_bytes() -> int:
