@@ -5,6 +5,9 @@
 - CAMUS .mhd release: ``training/patientNNNN/..._sequence.mhd`` (ITK, stored t, y, x) + ``_ED_gt/_ES_gt.mhd``.
 - EchoNet-Dynamic: ``Videos/*.avi`` (MJPG, 112 x 112), ``FileList.csv``, ``VolumeTracings.csv``.
 - Multi-frame ultrasound DICOM: MONOCHROME2, RGB, JPEG baseline YBR_FULL_422, with SequenceOfUltrasoundRegions.
+
+And the reading side of a viewer: :func:`itk_view` (a file as 3D Slicer reads it), :func:`assert_same_geometry`,
+:func:`annotate_as_slicer` (a label drawn on a volume and written as Slicer writes a labelmap).
 """
 
 from __future__ import annotations
@@ -282,3 +285,44 @@ def write_bad_cines(folder: Path, H: int = 32, W: int = 40, T: int = 4) -> dict[
     nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(case("rgb_4d_nifti", "rgb.nii.gz", "4-D image .* is not a cine")))
     case("text_as_avi", "text.avi", "not a readable video file").write_text("plain text renamed .avi\n" * 20)
     return cases
+
+
+def itk_view(path: str | Path) -> dict[str, np.ndarray]:
+    """A file as 3D Slicer reads it (ITK): size (x, y, t), spacing, origin, direction 3 x 3 and the array (t, y, x)."""
+    import itk
+
+    image = itk.imread(str(path))
+    return {
+        "size": np.asarray(itk.size(image), dtype=int),
+        "spacing": np.asarray(image.GetSpacing(), dtype=float),
+        "origin": np.asarray(image.GetOrigin(), dtype=float),
+        "direction": np.asarray(itk.array_from_matrix(image.GetDirection()), dtype=float),
+        "array": np.asarray(itk.array_view_from_image(image)).copy(),
+    }
+
+
+def assert_same_geometry(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    """Two :func:`itk_view` results overlay voxel for voxel: same size, spacing, origin and direction (to the float32
+    precision of a NIfTI header)."""
+    np.testing.assert_array_equal(a["size"], b["size"])
+    np.testing.assert_allclose(a["spacing"], b["spacing"], rtol=1e-5)
+    np.testing.assert_allclose(a["origin"], b["origin"], atol=1e-4)
+    np.testing.assert_allclose(a["direction"], b["direction"], atol=1e-6)
+
+
+def annotate_as_slicer(
+    volume: str | Path, out: Path, rows: slice, cols: slice, frames: tuple[int, ...], value: int = 1
+) -> np.ndarray:
+    """A label an annotator draws on ``volume`` as a viewer opened it: ``value`` in ``rows`` x ``cols`` (ITK array
+    indices) on ``frames``, written by ITK with the volume's own geometry (as 3D Slicer writes a labelmap over its
+    reference volume). Returns the drawing, uint8 (t, y, x)."""
+    import itk
+
+    image = itk.imread(str(volume))
+    drawing = np.zeros(itk.array_view_from_image(image).shape[:3], np.uint8)
+    for frame in frames:
+        drawing[frame, rows, cols] = value
+    label = itk.image_from_array(drawing)
+    label.CopyInformation(image)
+    itk.imwrite(label, str(out), True)
+    return drawing

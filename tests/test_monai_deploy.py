@@ -335,3 +335,147 @@ def test_dicom_node_receives_cines_and_sends_the_srs_back(inputs: Path, beating_
         for process in (node, pacs):
             process.terminate()
             process.wait(timeout=60)
+
+
+SENDER_SCRIPT = r"""
+import json, sys
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from pynetdicom import AE, StoragePresentationContexts
+
+port, calling, files = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+ae = AE(ae_title=calling)
+ae.requested_contexts = StoragePresentationContexts
+assoc = ae.associate("127.0.0.1", port, ae_title="GDKVM_ECHO")
+if not assoc.is_established:
+    print(json.dumps({"established": False}))
+    sys.exit(0)
+results = []
+for path, uid in files:
+    ds = dcmread(path)
+    ds.SOPInstanceUID = uid or generate_uid()
+    status = assoc.send_c_store(ds)
+    results.append([int(status.Status), str(status.get("ErrorComment", ""))] if status else [None, "no answer"])
+assoc.release()
+print(json.dumps({"established": True, "results": results}))
+"""
+
+
+def start_node(tmp_path: Path, model: Path, *extra: str) -> tuple[subprocess.Popen, int, Path, Path]:
+    """The DICOM node on loopback with ``extra`` options, SRs sent to a port nobody listens on; returns the process,
+    its port, its log and its work folder once it listens."""
+    python, port, work, log = str(VENV / "bin" / "python"), _free_port(), tmp_path / "work", tmp_path / "node.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    with log.open("w") as out:
+        node = subprocess.Popen([python, str(NODE), "--model", str(model), "--work", str(work), "--port", str(port),
+                                 "--send_to", f"127.0.0.1:{_free_port()}:PACS", *extra], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    _wait(lambda: "listening on" in log.read_text() or node.poll() is not None, 120, "the node to listen")
+    assert node.poll() is None, log.read_text()
+    return node, port, log, work
+
+
+def send_with_pynetdicom(port: int, calling: str, files: list[tuple[Path, str | None]]) -> dict:
+    """Send ``files`` (each with the SOP Instance UID to give it; None: a new valid one) in one association."""
+    sent = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", SENDER_SCRIPT, str(port), calling,
+         json.dumps([[str(p), uid] for p, uid in files])],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr[-3000:]
+    return json.loads(sent.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def outside_folder() -> Path:
+    """A folder outside the node's work folder with a short absolute path (a hostile UID must fit in 64 characters),
+    holding one file that must stay as it is."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="o", dir="/tmp"))
+    (folder / "keep.txt").write_text("must stay\n")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def stop_node(node: subprocess.Popen, log: Path) -> str:
+    """SIGTERM (the node finishes the batches it has, then exits); returns its log."""
+    node.terminate()
+    node.wait(timeout=300)
+    return log.read_text()
+
+
+def received(work: Path) -> dict[str, list[str]]:
+    """batch folder -> the files in it (all names the node's own)."""
+    incoming = work / "incoming"
+    if not incoming.is_dir():
+        return {}
+    return {batch.name: sorted(p.name for p in batch.iterdir()) for batch in sorted(incoming.iterdir())}
+
+
+def test_dicom_node_names_its_files_and_refuses_what_it_must(
+    inputs: Path, beating_model: Path, tmp_path: Path, outside_folder: Path
+) -> None:
+    """pynetdicom as sender: a hostile SOP Instance UID (an absolute path climbing to the root and down into a folder
+    outside the work folder) is answered 0xC000 with a comment and written nowhere; good instances are stored under
+    names the node makes (IM00001.dcm, ...); past --max_instances an instance is answered 0xA700; a caller not in
+    --allowed_callers is rejected with one log line; the folder outside stays as it was."""
+    small = inputs / "study" / "IM0001.dcm"
+    hostile = f"/../../..{outside_folder}/x"
+    assert len(hostile) <= 64
+    node, port, log, work = start_node(tmp_path, beating_model, "--allowed_callers", "SENDER,OTHER",
+                                       "--max_instances", "3")  # fmt: skip
+    try:
+        first = send_with_pynetdicom(port, "SENDER", [(small, None), (small, hostile), (small, None), (small, None),
+                                                      (small, None)])  # fmt: skip
+        stranger = send_with_pynetdicom(port, "STRANGER", [(small, None)])
+    finally:
+        text = stop_node(node, log)
+    print(first, stranger, text, sep="\n")
+    statuses = [status for status, _ in first["results"]]
+    assert statuses == [0x0000, 0xC000, 0x0000, 0x0000, 0xA700], first
+    assert "SOP Instance UID is not a valid UID" in first["results"][1][1]
+    assert "more than 3 instances in one association" in first["results"][4][1]
+    assert stranger == {"established": False}
+    assert re.search(r"association from 'STRANGER' at 127\.0\.0\.1:\d+ rejected: calling AE title not in "
+                     r"--allowed_callers \(SENDER, OTHER\)", text), text  # fmt: skip
+    assert "refused: Affected SOP Instance UID is not a valid UID" in text and hostile in text
+    assert received(work) == {"1": ["IM00001.dcm", "IM00002.dcm", "IM00003.dcm"]}
+    assert sorted(p.name for p in outside_folder.iterdir()) == ["keep.txt"]
+    assert (outside_folder / "keep.txt").read_text() == "must stay\n"
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk's storescu is not installed (apt install dcmtk)")
+def test_dicom_node_with_dcmtk_storescu(inputs: Path, beating_model: Path, tmp_path: Path, outside_folder) -> None:
+    """dcmtk's storescu as sender (another implementation than pynetdicom): a good cine is stored, a file whose SOP
+    Instance UID climbs out is refused with 0xC000, past --max_mb an instance is refused with 0xA700 (storescu prints
+    each status); a called AE title other than the node's is rejected; nothing lands outside the work folder."""
+    import pydicom
+
+    hostile = f"/../../..{outside_folder}/y"
+    files = []
+    for name, uid in (("good.dcm", None), ("hostile.dcm", hostile), ("second.dcm", None), ("third.dcm", None)):
+        ds = pydicom.dcmread(inputs / "study" / "IM0001.dcm")  # uncompressed: storescu sends as is
+        ds.SOPInstanceUID = uid or pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(tmp_path / name)
+        files.append(str(tmp_path / name))
+    size_mb = (inputs / "study" / "IM0001.dcm").stat().st_size / 1024 / 1024
+    node, port, log, work = start_node(tmp_path, beating_model, "--allowed_callers", "DCMTK_SCU", "--max_mb",
+                                       f"{2.5 * size_mb:.4f}")  # fmt: skip
+    try:
+        command = ["storescu", "-v", "--no-halt", "-aet", "DCMTK_SCU", "-aec", "GDKVM_ECHO", "127.0.0.1", str(port)]
+        sent = subprocess.run([*command, *files], capture_output=True, text=True, timeout=120)
+        wrong_called = subprocess.run(["storescu", "-aet", "DCMTK_SCU", "-aec", "SOMEONE_ELSE", "127.0.0.1",
+                                       str(port), files[0]], capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        text = stop_node(node, log)
+    output = sent.stdout + sent.stderr
+    print(output, wrong_called.stdout + wrong_called.stderr, text, sep="\n")
+    answers = re.findall(r"Received Store Response \(([^)]*)\)", output)
+    assert answers == ["Success", "Error: CannotUnderstand", "Success", "Refused: OutOfResources"], output
+    refused = wrong_called.stdout + wrong_called.stderr
+    assert wrong_called.returncode != 0 and "Called AE Title Not Recognized" in refused, refused
+    assert "it called 'SOMEONE_ELSE', not 'GDKVM_ECHO'" in text, text
+    assert received(work) == {"1": ["IM00001.dcm", "IM00002.dcm"]}
+    assert sorted(p.name for p in outside_folder.iterdir()) == ["keep.txt"]

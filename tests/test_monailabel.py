@@ -44,6 +44,7 @@ TRAIN_ONLY = {"num_frames": 4, "batch_size": 1, "iterations_per_epoch": 2}  # /t
 # One torch thread for the server and the bundle's own inference: on a CI machine shared with other jobs, torch's
 # threads waiting for each other made single inferences of these small cines take up to 30 s instead of 0.3 s.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+MAX_UPLOAD_MB = 4  # the test server's cap on a request body (GDKVM_MAX_UPLOAD_MB; the default is 512)
 
 pytestmark = [
     pytest.mark.slow,
@@ -61,23 +62,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def multipart(files: dict) -> tuple[bytes, dict]:
+    """A multipart body of ``{field: (filename, bytes)}`` or ``{field: text}`` fields, and its Content-Type header."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for field, value in files.items():
+        if isinstance(value, tuple):
+            head = f'Content-Disposition: form-data; name="{field}"; filename="{value[0]}"\r\n'
+            parts.append(f"--{boundary}\r\n{head}Content-Type: application/octet-stream\r\n\r\n".encode() + value[1])
+        else:
+            head = f'Content-Disposition: form-data; name="{field}"\r\n\r\n'
+            parts.append(f"--{boundary}\r\n{head}".encode() + value.encode())
+    body = b"\r\n".join(parts) + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
 def call(url: str, method: str = "GET", files: dict | None = None, timeout: float = 120) -> tuple[int, bytes]:
     """HTTP request -> (status, body); ``files`` = ``{field: (filename, bytes)}`` or ``{field: text}`` (multipart)."""
-    data, headers = None, {}
-    if files is not None:
-        boundary = uuid.uuid4().hex
-        parts = []
-        for field, value in files.items():
-            if isinstance(value, tuple):
-                head = f'Content-Disposition: form-data; name="{field}"; filename="{value[0]}"\r\n'
-                parts.append(
-                    f"--{boundary}\r\n{head}Content-Type: application/octet-stream\r\n\r\n".encode() + value[1]
-                )
-            else:
-                head = f'Content-Disposition: form-data; name="{field}"\r\n\r\n'
-                parts.append(f"--{boundary}\r\n{head}".encode() + value.encode())
-        data = b"\r\n".join(parts) + f"\r\n--{boundary}--\r\n".encode()
-        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+    data, headers = multipart(files) if files is not None else (None, {})
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
@@ -117,6 +119,8 @@ def start_server(studies: Path, work: Path, weights: Path, port: int) -> subproc
         MONAILABEL_APP=str(work / "app"),
         GDKVM_WEIGHTS=str(weights),
         GDKVM_OVERRIDES=json.dumps(TRAIN_ONLY),
+        GDKVM_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB),
+        MONAI_LABEL_SESSION_PATH=str(work / "sessions" / "store"),  # not the user's ~/.cache/monailabel/sessions
     )
     env.pop("PYTHONPATH", None)
     with open(work / "server.log", "ab") as log:  # the child has its own copy of the file descriptor
@@ -126,10 +130,27 @@ def start_server(studies: Path, work: Path, weights: Path, port: int) -> subproc
         )  # fmt: skip
 
 
+def write_viewer_cines(studies: Path) -> None:
+    """``clip.avi`` (72 x 88, 8 frames at 25 /s) and ``cine.mhd`` + ``cine.raw`` (64 x 56, 8 frames; 0.2 x 0.3 mm,
+    an origin and rows running towards -y) in the studies folder."""
+    import itk
+    from fixtures_echo import phantom, write_avi
+
+    image, _ = phantom(72, 88, 8, seed=1)
+    write_avi(np.moveaxis(image, -1, 0), studies / "clip.avi", fps=25.0)
+    image, _ = phantom(64, 56, 8, seed=4)
+    cine = itk.image_from_array(np.ascontiguousarray(np.moveaxis(image, -1, 0)))  # (t, y, x)
+    cine.SetSpacing([0.2, 0.3, 0.04])
+    cine.SetOrigin([12.5, -3.0, 0.0])
+    cine.SetDirection(itk.matrix_from_array(np.diag([1.0, -1.0, 1.0])))
+    itk.imwrite(cine, str(studies / "cine.mhd"))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[dict]:
     """MONAI Label on 127.0.0.1: two held-out synthetic cines (ground truth in labels/final), one cropped to 64 x 52
-    (a transposed label would show), the pydicom A4C DICOM cine and a truncated NIfTI. Killed afterwards."""
+    (a transposed label would show), the pydicom A4C DICOM cine, an AVI, a MetaImage (.mhd + .raw) and a truncated
+    NIfTI. Killed afterwards."""
     from pydicom import examples
 
     from scripts.synthetic import write_camus_dataset
@@ -149,6 +170,7 @@ def server(tmp_path_factory) -> Iterator[dict]:
     cropped = np.asanyarray(source.dataobj)[:, 6:58]
     nib.save(nib.Nifti1Image(cropped, source.affine, source.header), str(studies / "narrow_4CH.nii.gz"))
     shutil.copyfile(examples.get_path("ybr_color"), studies / "a4c_ybr_color.dcm")
+    write_viewer_cines(studies)
     (studies / "truncated_4CH.nii.gz").write_bytes(cines[1].read_bytes()[:300])
     weights, trained = self_describing_weights(work)
     port = free_port()
@@ -393,17 +415,72 @@ def test_a_studies_tree_is_refused_at_start_up(server: dict) -> None:
     assert "Traceback" not in log and not (work / "app").exists()
 
 
-def test_train_fine_tunes_on_labels_saved_through_monailabel(server: dict) -> None:
-    weights = server["work"] / "app" / "model" / NAME / "models" / "model.pt"
-    before = weights.read_bytes()
-    body = json.dumps({"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False}).encode()
+LABEL_THROUGH_CLIENT = r"""
+import json, sys
+from monailabel.client.client import MONAILabelClient
+
+base, cine, image_id, label = sys.argv[1:5]
+client = MONAILabelClient(base)
+print(json.dumps({"upload": client.upload_image(cine, image_id=image_id),
+                  "save_label": client.save_label(image_id, label, tag="final")}))
+"""
+
+
+def train(server: dict, **request) -> tuple[int, dict]:
+    body = json.dumps({"max_epochs": 1, "device": "cpu", "multi_gpu": False, **request}).encode()
     req = urllib.request.Request(
         f"{server['base']}/train/{NAME}?run_sync=true", data=body, method="POST",
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
-    with urllib.request.urlopen(req, timeout=300) as response:
-        assert response.status == 200, response.read()[-2000:]
-    assert weights.read_bytes() != before, "training did not rewrite models/model.pt"
+    try:
+        with urllib.request.urlopen(req, timeout=600) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_train_on_the_teams_dicom_says_what_happened(server: dict) -> None:
+    """A DICOM cine uploaded through MONAI Label's client and labelled on two frames (ED and ES drawn, the rest
+    unannotated) joins the NIfTI cines in ``/train``; the answer lists the cines and their labelled frames, says how it
+    validated (val_split 0: on the training cines, said so) and whether the served weights were replaced, which the
+    weights file confirms; a replaced file stays readable (0644); the server then infers with the weights it has."""
+    from pydicom import examples
+
+    weights = server["work"] / "app" / "model" / NAME / "models" / "model.pt"
+    label = np.zeros((320, 240, 30), np.uint8)  # the DICOM's whole frame, x first, as /infer returns it
+    yy, xx = np.mgrid[:320, :240]
+    for frame, (ry, rx) in ((0, (55, 35)), (15, (45, 28))):  # ED and ES, an ellipse inside the ultrasound region
+        label[..., frame] = (((yy - 150) / ry) ** 2 + ((xx - 120) / rx) ** 2 <= 1).astype(np.uint8)
+    label_file = server["work"] / "train_a4c_label.nii.gz"
+    nib.save(nib.Nifti1Image(label, np.diag([-0.5, -0.5, 0.03, 1.0])), str(label_file))
+    done = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", LABEL_THROUGH_CLIENT, server["base"], str(examples.get_path("ybr_color")),
+         "train_a4c", str(label_file)],
+        capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (server["studies"] / "labels" / "final" / "train_a4c.nii.gz").is_file()
+
+    before = weights.read_bytes()
+    start = time.monotonic()
+    status, answer = train(server, val_split=0.0)
+    print(f"/train val_split 0.0 ({time.monotonic() - start:.0f} s): {json.dumps(answer)}")
+    assert status == 200, answer
+    cines = {c["image"]: c["labelled_frames"] for c in answer["cines"]}
+    assert cines["train_a4c.dcm"] == 2, cines
+    assert all(cines[f"{stem}.nii.gz"] > 2 for stem in server["truth"]), cines
+    assert answer["validation"]["on"] == "training cines" and "measures fit" in answer["validation"]["note"]
+    assert answer["validation"]["before_training"] is not None and answer["epochs"] == 1
+    assert answer["weights_replaced"] == (weights.read_bytes() != before), answer
+    assert answer["weights"].startswith("replaced" if answer["weights_replaced"] else "kept: no epoch beat")
+    assert weights.stat().st_mode & 0o777 == 0o644, oct(weights.stat().st_mode)
+
+    status, answer = train(server, val_split=0.5)
+    print(f"/train val_split 0.5: {json.dumps(answer)}")
+    assert status == 200 and answer["validation"]["on"] == "split" and answer["validation"]["cines"], answer
+    assert len(answer["validation"]["cines"]) + 1 <= len(answer["cines"])
+    status, body = infer(server, "train_a4c")
+    assert status == 200, body[-500:]
 
 
 def test_corrections_sent_with_infer_carry_through_the_cine(server: dict) -> None:
@@ -425,3 +502,308 @@ def test_corrections_sent_with_infer_carry_through_the_cine(server: dict) -> Non
     np.testing.assert_array_equal(label[..., [0, last]], (truth[..., [0, last]] == 1).astype(np.uint8))
     status, body = infer(server, stem, files={"label": sent, "params": json.dumps({"corrected_frames": [999]})})
     assert status == 422 and "outside the cine" in detail(body), body[-500:]
+
+
+def raw(server: dict, method: str, target: str, body: bytes | None = None, headers: dict | None = None,
+        chunks: list[bytes] | None = None) -> tuple[int, bytes]:  # fmt: skip
+    """One request with the target sent exactly as written (no client-side normalisation of ``..``); ``chunks``
+    sends the body with chunked transfer encoding (no Content-Length)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    url = urlparse(server["base"])
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+    try:
+        if chunks is not None:
+            conn.request(method, target, body=iter(chunks), headers=headers or {}, encode_chunked=True)
+        else:
+            conn.request(method, target, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def snapshot(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder`` (but the top-level entries ``skip``): relative path -> (mode, bytes)."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mode, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).parts[0] not in skip
+    }
+
+
+@pytest.fixture
+def outside(server: dict) -> Iterator[tuple[Path, set[str]]]:
+    """A folder beside the studies folder with a real cine and a label in it: no request may read, write or delete
+    there. Yields the folder and a set the test fills with the studies files it may change (relative paths);
+    afterwards nothing else beside or in the studies folder changed (bytes and modes compared)."""
+    work, studies = server["work"], server["studies"]
+    folder = work / "outside"
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(studies / "narrow_4CH.nii.gz", folder / "keep.nii.gz")
+    shutil.copyfile(studies / "a4c_ybr_color.dcm", folder / "keep.dcm")
+    (folder / "final").mkdir(exist_ok=True)
+    shutil.copyfile(studies / "narrow_4CH.nii.gz", folder / "final" / "narrow_4CH.nii.gz")
+    before_work = snapshot(work, skip=("app", "server.log", "studies"))
+    before_studies = snapshot(studies, skip=("datastore_v2.json", ".lock"))
+    allowed: set[str] = set()
+    yield folder, allowed
+    assert snapshot(work, skip=("app", "server.log", "studies")) == before_work, "a file beside the studies changed"
+    after_studies = snapshot(studies, skip=("datastore_v2.json", ".lock"))
+    changed = sorted(
+        k for k in set(before_studies) | set(after_studies) if before_studies.get(k) != after_studies.get(k)
+    )
+    assert set(changed) <= server.get("allowed_changes", set()), changed
+
+
+def test_nobody_climbs_out_of_the_datastore_raw_http(server: dict, outside: tuple[Path, set[str]]) -> None:
+    """Every datastore endpoint (PUT/GET/HEAD/DELETE image and label, their info, upload, session, /infer) refuses a
+    name that would leave the studies folder with 422 and one line naming the value; the files outside stay as they
+    were (the fixture compares them byte for byte, modes included), nothing is added to the studies folder."""
+    from urllib.parse import quote
+
+    outside, _ = outside
+    absolute = str(outside / "keep")
+    cine = (server["studies"] / "a4c_ybr_color.dcm").read_bytes()
+    label_bytes = (server["studies"] / "labels" / "final" / f"{sorted(server['truth'])[0]}.nii.gz").read_bytes()
+    upload, upload_headers = multipart({"file": ("evil.dcm", cine), "params": "{}"})
+    put_label, label_headers = multipart({"label": ("label.nii.gz", label_bytes), "params": "{}"})
+    q = quote
+    cases = [  # (method, target, body, headers, status, text the one line must hold)
+        ("PUT", f"/datastore/?image={q('../outside/evil')}", upload, upload_headers, 422, "image id '../outside/evil'"),
+        ("PUT", f"/datastore/image?image={q(absolute)}", upload, upload_headers, 422, f"image id {absolute!r}"),
+        ("PUT", f"/datastore/image?image={q('evil' + chr(0))}", upload, upload_headers, 422, "NUL"),
+        ("PUT", f"/datastore/image?image={'x' * 300}", upload, upload_headers, 422, "too long (300 bytes"),
+        ("PUT", f"/datastore/image?image={q('..')}", upload, upload_headers, 422, "image id '..'"),
+        ("PUT", f"/datastore/image?image={q('.datastore_v2')}", upload, upload_headers, 422, "starts with '.'"),
+        ("PUT", "/datastore/image", *multipart({"file": ("../..", cine)}), 422, "upload name '../..'"),
+        ("PUT", "/datastore/image", *multipart({"file": ("datastore_v2.json", cine)}), 422, "is not a cine's"),
+        (
+            "PUT",
+            f"/datastore/label?image=narrow_4CH&tag={q('../../outside')}",
+            put_label,
+            label_headers,
+            422,
+            "label tag '../../outside'",
+        ),  # fmt: skip
+        (
+            "PUT",
+            f"/datastore/label?image={q('../outside/keep')}&tag=final",
+            put_label,
+            label_headers,
+            422,
+            "image id '../outside/keep'",
+        ),  # fmt: skip
+        (
+            "PUT",
+            "/datastore/label?image=narrow_4CH&tag=final",
+            *multipart({"label": ("x/..", label_bytes)}),
+            422,
+            "upload name 'x/..'",
+        ),  # fmt: skip
+        ("GET", f"/datastore/image?image={q('../outside/keep')}", None, None, 422, "image id '../outside/keep'"),
+        ("HEAD", f"/datastore/image?image={q(absolute)}", None, None, 422, None),
+        ("GET", f"/datastore/image/info?image={q('../outside/keep')}", None, None, 422, "image id"),
+        ("PUT", f"/datastore/image/info?image={q('../outside/keep')}", *multipart({"info": "{}"}), 422, "image id"),
+        ("GET", f"/datastore/label?label={q('../outside/keep')}&tag=final", None, None, 422, "label id"),
+        ("GET", f"/datastore/label?label=narrow_4CH&tag={q('../../outside/final')}", None, None, 422, "label tag"),
+        ("HEAD", f"/datastore/label?image=narrow_4CH&tag={q('../x')}", None, None, 422, None),
+        ("GET", f"/datastore/label/info?label=narrow_4CH&tag={q('/tmp')}", None, None, 422, "label tag '/tmp'"),
+        ("PUT", f"/datastore/label/info?label=narrow_4CH&tag={q('..')}", *multipart({"info": "{}"}), 422, "label tag"),
+        ("DELETE", f"/datastore/?id={q('../outside/keep')}", None, None, 422, "image id '../outside/keep'"),
+        ("DELETE", f"/datastore/image?id={q(absolute)}", None, None, 422, "image id"),
+        ("DELETE", "/datastore/image?id=", None, None, 422, "image id '': empty"),
+        ("DELETE", "/datastore/image?id=no_such_cine", None, None, 404, "image 'no_such_cine': not in the datastore"),
+        ("DELETE", f"/datastore/label?id=narrow_4CH&tag={q('../../outside/final')}", None, None, 422, "label tag"),
+        ("DELETE", f"/datastore/label?id={q('../outside/keep')}&tag=final", None, None, 422, "'../outside/keep'"),
+        ("DELETE", "/datastore/label?id=narrow_4CH&tag=final", None, None, 404, "label 'narrow_4CH' tag 'final'"),
+        ("GET", "/session/..", None, None, 422, "session id '..'"),
+        ("DELETE", "/session/..", None, None, 422, "session id '..'"),
+        ("DELETE", f"/session/{q('../../..', safe='')}", None, None, 422, "session id"),
+        ("PUT", "/session/?uncompress=true", *multipart({"files": ("cines.tar", b"x" * 1024)}), 422, "uncompress"),
+        ("PUT", "/session/", *multipart({"files": ("..", cine)}), 422, "upload name '..'"),
+        ("PUT", f"/model/{NAME}", *multipart({"file": ("model.pt", b"not weights")}), 403, "MONAI_LABEL_AUTH_ENABLE"),
+        ("DELETE", f"/model/{NAME}", None, None, 403, "served weights"),
+        ("POST", f"/infer/{NAME}?image={q('../outside/keep')}&output=image", None, None, 422, "image id"),
+        ("POST", f"/infer/{NAME}?image={q(absolute + '.nii.gz')}&output=image", None, None, 422, "image id"),
+        ("POST", f"/infer/{NAME}?image=narrow_4CH&session_id={q('../x')}", None, None, 422, "session id"),
+        (
+            "POST",
+            f"/infer/{NAME}?image=narrow_4CH&output=json",
+            *multipart({"params": json.dumps({"save_label": True, "label_tag": "../../outside"})}),
+            422,
+            "label tag '../../outside'",
+        ),  # fmt: skip
+    ]
+    failures = []
+    for method, target, body, headers, status, text in cases:
+        got, answer = raw(server, method, target, body, headers)
+        line = json.loads(answer)["detail"] if answer and answer.startswith(b"{") else answer.decode(errors="replace")
+        print(f"{method} {target[:90]}: HTTP {got}: {line}")
+        if got != status or (text is not None and (text not in line or "\n" in line)):
+            failures.append((method, target[:120], got, line))
+    assert not failures, failures
+    for kept in ("keep.nii.gz", "keep.dcm", "final/narrow_4CH.nii.gz"):
+        assert (outside / kept).is_file()
+    listed = json.loads(call(f"{server['base']}/datastore/?output=all")[1])["objects"]
+    assert not [image_id for image_id in listed if "/" in image_id or image_id.startswith(".")], listed
+
+
+def test_uploads_are_capped_in_size(server: dict, outside: tuple[Path, set[str]]) -> None:
+    """A body over GDKVM_MAX_UPLOAD_MB is refused with 413 and one line naming the cap: at once when its length is
+    announced, and while it streams in when it is not (chunked); nothing is stored."""
+    big = b"\0" * (MAX_UPLOAD_MB * 1024 * 1024 + 1)
+    body, headers = multipart({"file": ("huge.dcm", big)})
+    status, answer = raw(server, "PUT", "/datastore/image?image=huge", body, headers)
+    assert status == 413, answer[-300:]
+    assert f"capped at {MAX_UPLOAD_MB} MB (GDKVM_MAX_UPLOAD_MB)" in json.loads(answer)["detail"]
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    status, answer = raw(server, "PUT", "/datastore/image?image=huge", headers=headers, chunks=chunks)
+    assert status == 413, answer[-300:]
+    assert "GDKVM_MAX_UPLOAD_MB" in json.loads(answer)["detail"]
+    assert not list(server["studies"].glob("huge*"))
+
+
+CLIENT_SCRIPT = r"""
+import json, re, sys
+from monailabel.client.client import MONAILabelClient, MONAILabelClientException
+
+base, model, outside, label_file, studies_cine = sys.argv[1:6]
+client = MONAILabelClient(base)
+calls = {
+    "upload, climbing id": lambda: client.upload_image(f"{outside}/keep.dcm", image_id="../outside/evil"),
+    "upload, absolute id": lambda: client.upload_image(f"{outside}/keep.dcm", image_id=f"{outside}/evil"),
+    "save_label, climbing tag": lambda: client.save_label("narrow_4CH", label_file, tag="../../outside"),
+    "save_label, climbing image": lambda: client.save_label("../outside/keep", label_file, tag="final"),
+    "download_label, climbing id": lambda: client.download_label("../outside/final/narrow_4CH", "final"),
+    "download_label, climbing tag": lambda: client.download_label("narrow_4CH", "../../outside/final"),
+    "infer, climbing id": lambda: client.infer(model, "../outside/keep", {}),
+    "infer, absolute path": lambda: client.infer(model, f"{outside}/keep.nii.gz", {}),
+    "get_session ..": lambda: client.get_session(".."),
+    "remove_session ..": lambda: client.remove_session(".."),
+    "upload, good id with a space": lambda: client.upload_image(studies_cine, image_id="client upload 01"),
+}
+results = {}
+for name, run in calls.items():
+    try:
+        out = run()
+        results[name] = [200, json.dumps(out)[:300]]
+    except MONAILabelClientException as e:
+        found = re.match(r"Status: (\d+); Response: (.*)", str(e.msg), re.S)
+        status = e.status_code or (int(found.group(1)) if found else None)
+        body = found.group(2) if found else str(e.msg)
+        try:
+            body = json.loads(body)["detail"]
+        except Exception:
+            pass
+        results[name] = [status, body]
+print(json.dumps(results))
+"""
+
+
+def test_nobody_climbs_out_of_the_datastore_through_the_client(server: dict, outside: tuple[Path, set[str]]) -> None:
+    """The same refusals through MONAI Label's own client (``monailabel.client.MONAILabelClient``, as 3D Slicer's
+    module uses it, run in MONAI Label's venv): upload, save_label, download_label, infer and sessions with ids or
+    tags that climb out or are absolute paths -> 422 naming the value; a good id with a space is stored in the
+    studies folder (and deleted again), the files outside stay as they were."""
+    folder, _ = outside
+    label_file = server["studies"] / "labels" / "final" / f"{sorted(server['truth'])[0]}.nii.gz"
+    done = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", CLIENT_SCRIPT, server["base"], NAME, str(folder), str(label_file),
+         str(server["studies"] / "a4c_ybr_color.dcm")],
+        capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (status, text) in results.items():
+        print(f"client {name}: {status}: {text}")
+    expected = {
+        "upload, climbing id": "image id '../outside/evil'",
+        "upload, absolute id": f"image id '{folder}/evil'",
+        "save_label, climbing tag": "label tag '../../outside'",
+        "save_label, climbing image": "image id '../outside/keep'",
+        "download_label, climbing id": "label id '../outside/final/narrow_4CH'",
+        "download_label, climbing tag": "label tag '../../outside/final'",
+        "infer, climbing id": "image id '../outside/keep'",
+        "infer, absolute path": f"image id '{folder}/keep.nii.gz'",
+        "get_session ..": "session id '..'",
+        "remove_session ..": "session id '..'",
+    }
+    for name, text in expected.items():
+        status, line = results[name]
+        assert status == 422 and text in str(line), (name, status, line)
+    assert results["upload, good id with a space"][0] == 200, results["upload, good id with a space"]
+    stored = server["studies"] / "client upload 01.dcm"
+    assert stored.is_file() and stored.read_bytes() == (server["studies"] / "a4c_ybr_color.dcm").read_bytes()
+    status, body = call(f"{server['base']}/datastore/image?id=client%20upload%2001", "DELETE")
+    assert status == 200, body
+    assert not stored.exists()
+
+
+def test_what_the_annotator_opens_lines_up_with_the_label(server: dict, tmp_path: Path) -> None:
+    """For a DICOM, an AVI, a NIfTI and a MetaImage (.mhd + .raw) cine of the studies folder, the image that
+    ``GET /datastore/image`` hands out (saved under the name the image info gives, as 3D Slicer's module does) and the
+    label ``/infer`` returns read with ITK (as Slicer reads them) with the same size, spacing, origin and direction;
+    the DICOM's in the ultrasound region's millimetres (ITK reads the file itself with 1 mm pixels), which the
+    measurement (``lv_measurement``) uses too. A label drawn on that image and written by ITK is taken by
+    ``save_label``, lies on the same pixels of the cine for ``/train``'s loader, and sent with ``/infer`` as
+    corrections comes back exactly as drawn."""
+    from fixtures_echo import annotate_as_slicer, assert_same_geometry, itk_view
+
+    from scripts.data import load_cine
+    from scripts.serving import LoadLabelledCined
+
+    base, studies = server["base"], server["studies"]
+    frames = (0, 3)
+    for image_id, source_name in (("a4c_ybr_color", "a4c_ybr_color.dcm"), ("clip", "clip.avi"),
+                                  ("narrow_4CH", "narrow_4CH.nii.gz"), ("cine", "cine.mhd")):  # fmt: skip
+        status, body = call(f"{base}/datastore/image/info?image={image_id}")
+        assert status == 200, body
+        info = json.loads(body)
+        name = info["name"]
+        assert name == f"{image_id}.nii.gz", info  # a NIfTI for each: the copy, or (narrow_4CH) the file itself
+        assert info.get("source_name", name) == source_name
+        status, handed = call(f"{base}/datastore/image?image={image_id}")
+        assert status == 200, handed[-300:]
+        (tmp_path / name).write_bytes(handed)
+        status, label = infer(server, image_id)
+        assert status == 200, label[-500:]
+        (tmp_path / f"{image_id}_label.nii.gz").write_bytes(label)
+        image_view, label_view = itk_view(tmp_path / name), itk_view(tmp_path / f"{image_id}_label.nii.gz")
+        assert_same_geometry(image_view, label_view)
+        source = studies / source_name
+        _, meta = load_cine(source)
+        height, width, length = meta["original_shape"]
+        np.testing.assert_array_equal(image_view["size"], [width, height, length])
+        if image_id == "a4c_ybr_color":
+            np.testing.assert_allclose(itk_view(source)["spacing"], [1, 1, 1])  # why the DICOM is not handed out
+            np.testing.assert_allclose(image_view["spacing"][:2], meta["spacing"][::-1], rtol=1e-5)
+            assert abs(image_view["spacing"][0] - 1.0) > 0.01  # the region's 1.02 mm, not ITK's 1 mm
+        if image_id == "cine":
+            assert_same_geometry(image_view, itk_view(source))  # the .mhd's own geometry
+
+        crop = meta.get("crop") or (0, height, 0, width)
+        rows = slice(crop[0] + (crop[1] - crop[0]) // 3, crop[0] + (crop[1] - crop[0]) // 2)
+        cols = slice(crop[2] + (crop[3] - crop[2]) // 3, crop[2] + (crop[3] - crop[2]) // 2)
+        drawn = tmp_path / f"{image_id}_drawn.nii.gz"
+        drawing = annotate_as_slicer(tmp_path / name, drawn, rows, cols, frames)
+        status, body = call(
+            f"{base}/datastore/label?image={image_id}&tag=annotator", "PUT",
+            files={"label": (f"{image_id}.nii.gz", drawn.read_bytes()), "params": "{}"},
+        )  # fmt: skip
+        assert status == 200, body[-300:]
+        saved = studies / "labels" / "annotator" / f"{image_id}.nii.gz"
+        item = LoadLabelledCined(labels="lv")({"image": str(source), "label": str(saved)})
+        expected = np.moveaxis(drawing, 0, -1)[crop[0] : crop[1], crop[2] : crop[3]]
+        np.testing.assert_array_equal(item["label"][0].numpy(), expected[..., frames[0] : frames[1] + 1])
+
+        sent = (f"{image_id}_drawn.nii.gz", drawn.read_bytes())
+        status, body = infer(
+            server, image_id, files={"label": sent, "params": json.dumps({"corrected_frames": frames})}
+        )
+        assert status == 200, body[-500:]
+        (tmp_path / f"{image_id}_corrected.nii.gz").write_bytes(body)
+        corrected = itk_view(tmp_path / f"{image_id}_corrected.nii.gz")
+        assert_same_geometry(image_view, corrected)
+        np.testing.assert_array_equal(corrected["array"][list(frames)] == 1, drawing[list(frames)] == 1, image_id)

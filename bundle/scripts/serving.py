@@ -10,6 +10,12 @@ network size, so ``pred`` must be brought back to the file's whole-frame voxel l
 ``configs/monailabel_infer.json`` puts :class:`LabelToInputGeometryd` after the argmax in place of the file writer of
 ``configs/inference.json``.
 
+What a viewer downloads lines up with that label (:func:`viewer_image`): NIfTI files and MetaImage/NRRD files that
+hold their own pixels are handed out as they are (ITK reads them with the geometry the label carries); DICOM cines
+(ITK reads them with 1 mm pixels, not the ultrasound region's millimetres), videos (ITK reads none) and MetaImage
+headers whose pixels lie in another file (``.mhd`` + ``.raw``) are handed out as a NIfTI copy with exactly the
+label's shape and affine (:func:`scripts.geometry.image_nifti_like_label`).
+
 MONAI Label's datastore (a folder of studies) is checked here too, so that every adapter refuses the same things:
 :func:`datastore_layout_problem` (a folder MONAI Label cannot serve, e.g. a CAMUS tree) and
 :func:`check_uploaded_cine` / :func:`check_uploaded_label` (an upload that is not a readable cine or label).
@@ -17,7 +23,11 @@ MONAI Label's datastore (a folder of studies) is checked here too, so that every
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import tempfile
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +38,15 @@ from monai.transforms import MapTransform
 
 from scripts.corrections import put_drawn_frames
 from scripts.data.errors import EchoDataError, check_label
-from scripts.data.video_io import cine_format, load_cine, load_volume
-from scripts.geometry import label_nifti_like_input, restore_labels
+from scripts.data.video_io import cine_format, load_cine, load_volume, to_meta_tensor
+from scripts.geometry import image_nifti_like_label, label_nifti_like_input, restore_labels
 from scripts.inference import CINE_SUFFIXES, LABEL_SUFFIXES, _is_dicom
 
 # File name patterns MONAI Label's local datastore lists as images (and labels): every cine format the bundle reads.
 DATASTORE_PATTERNS = tuple(f"*{suffix}" for suffix in CINE_SUFFIXES)
+# Suffix of the copy of a cine handed to viewers that cannot read the cine itself with the label's geometry.
+VIEWER_SUFFIX = ".nii.gz"
+_viewer_lock = threading.Lock()
 
 
 class LabelToInputGeometryd(MapTransform):
@@ -175,6 +188,88 @@ def datastore_layout_problem(folder: str | os.PathLike) -> str | None:
     return None
 
 
+def holds_its_pixels(path: str | os.PathLike) -> bool:
+    """True for a MetaImage/NRRD file whose pixels are in the file itself (``ElementDataFile = LOCAL``; an NRRD
+    without a ``data file`` field), False for a header that names another file (``.mhd`` + ``.raw``, ``.nhdr``-style
+    NRRD), which one download does not bring along."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    if str(path).lower().endswith(".nrrd"):
+        header = re.split(rb"\r?\n\r?\n", head, maxsplit=1)[0]
+        return re.search(rb"^data ?file\s*:", header, re.IGNORECASE | re.MULTILINE) is None
+    for line in head.splitlines():
+        key, sep, value = line.partition(b"=")
+        if sep and key.strip().lower() == b"elementdatafile":
+            return value.strip().upper() == b"LOCAL"
+    return False
+
+
+def viewer_reads_as_is(source: str | os.PathLike) -> bool:
+    """True when a viewer that reads ``source`` with ITK (3D Slicer) gets, from that one file, the geometry of the
+    label ``/infer`` returns for it: a NIfTI, a MetaImage/NRRD holding its own pixels (:func:`holds_its_pixels`).
+    False for a DICOM (ITK gives it 1 mm pixels, the label the ultrasound region's millimetres), a video (ITK reads
+    none) and a MetaImage/NRRD header whose pixels lie in another file."""
+    fmt = cine_format(source)
+    if fmt == "nifti":
+        return True
+    return fmt == "itk" and holds_its_pixels(source)
+
+
+def viewer_image_name(image_id: str, source: str | os.PathLike) -> str:
+    """The file name of what :func:`viewer_image` hands out for ``source``: its own name, or ``<image_id>.nii.gz``."""
+    return os.path.basename(str(source)) if viewer_reads_as_is(source) else f"{image_id}{VIEWER_SUFFIX}"
+
+
+def viewer_image(source: str | os.PathLike, folder: str | os.PathLike, image_id: str) -> Path:
+    """The file a viewer should open for ``source`` so that the label ``/infer`` returns lies on it.
+
+    ``source`` itself when :func:`viewer_reads_as_is`; else ``<folder>/<image_id>.nii.gz``, the cine as
+    :func:`scripts.geometry.image_nifti_like_label` writes it: exactly the label's shape and affine (the whole frame,
+    x = column, y = row, t = frame; a DICOM's ultrasound-region millimetres, a video's pixels as 1 mm, the frame time
+    in s; a MetaImage's own spacing, origin and direction), grey (a colour cine's luminance). The copy is made on the
+    first request and again whenever the source's size or modification time changed (recorded beside it in
+    ``<image_id>.nii.gz.source``); it is written to a temporary file and renamed, so a reader never gets half a file.
+
+    Raises:
+        EchoDataError: the cine cannot be read.
+    """
+    if viewer_reads_as_is(source):
+        return Path(source)
+    folder = Path(folder)
+    copy = folder / f"{image_id}{VIEWER_SUFFIX}"
+    stamp = copy.with_name(copy.name + ".source")
+    stat = os.stat(source)
+    key = json.dumps({"source": os.path.realpath(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    with _viewer_lock:
+        if copy.is_file() and stamp.is_file() and stamp.read_text() == key:
+            return copy
+        folder.mkdir(parents=True, exist_ok=True)
+        _, meta = load_cine(source)
+        image = image_nifti_like_label(source, meta)
+        fd, partial = tempfile.mkstemp(prefix=f".{image_id}.", suffix=VIEWER_SUFFIX, dir=folder)
+        os.close(fd)
+        try:
+            import nibabel as nib
+
+            nib.save(image, partial)
+            os.chmod(partial, 0o644)
+            os.replace(partial, copy)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+        stamp.write_text(key)
+    return copy
+
+
+def remove_viewer_image(folder: str | os.PathLike, image_id: str) -> None:
+    """Remove the viewer copy :func:`viewer_image` made for ``image_id`` (and its record), if any."""
+    copy = Path(folder) / f"{image_id}{VIEWER_SUFFIX}"
+    with _viewer_lock:
+        for path in (copy, copy.with_name(copy.name + ".source")):
+            if path.is_file():
+                path.unlink()
+
+
 def check_uploaded_cine(path: str | os.PathLike, name: str) -> None:
     """Refuse an uploaded image that is not a readable cine: :class:`EchoDataError` naming ``name`` (the upload's
     file name) instead of the temporary file ``path``."""
@@ -202,3 +297,74 @@ def check_uploaded_label(path: str | os.PathLike, name: str, image: str | os.Pat
         if e.path != str(path):  # the image's own problem, already named
             raise
         raise EchoDataError(name, e.problem.replace(str(path), name)) from e
+
+
+def labelled_frames(label_path: str | os.PathLike, lv_label: int = 1) -> int:
+    """How many frames of a saved label volume carry an LV label (``lv_label``): what ``/train`` learns from."""
+    labels_HWT, _, _ = load_volume(label_path)
+    labels_HWT = np.asarray(labels_HWT)
+    return int((labels_HWT == lv_label).reshape(-1, labels_HWT.shape[-1]).any(axis=0).sum())
+
+
+class LoadLabelledCined(MapTransform):
+    """Load a MONAI Label training item ``{"image": cine, "label": saved label}`` into the data contract.
+
+    The image is any cine the bundle reads (DICOM, AVI/MP4, NIfTI, MetaImage/NRRD: :func:`scripts.data.load_cine`,
+    a DICOM cropped to its ultrasound region); the label is a volume saved through MONAI Label, laid out as the label
+    ``/infer`` returns for that image (a NIfTI image's own layout; the whole frame ``W x H x T`` of the others),
+    checked to lie on it. Only frames that carry an LV label (value ``lv_label``) count as annotated: the others
+    are unannotated, not background (``label_frames``). The clip runs from the first to the last annotated frame
+    (``ed_index`` 0, ``es_index`` T - 1), so a clip sampled from it (``SampleClipd``) holds both.
+
+    Output keys as :class:`scripts.data.LoadCamusd`'s: ``image`` ``[1, H, W, T]`` float32 in [0, 1], ``label``
+    ``[1, H, W, T]`` uint8 (``labels="lv"``: {0, 1}), ``label_frames`` ``[T]`` bool, ``spacing``, ``frame_rate``,
+    ``ed_index``, ``es_index``, ``frame_indices``, ``occluded`` (-1: unknown).
+
+    Raises:
+        EchoDataError: naming the label file, when it does not lie on the image or no frame has an LV label.
+    """
+
+    def __init__(self, keys: Sequence[Hashable] = ("image", "label"), labels: str = "all", lv_label: int = 1) -> None:
+        super().__init__(keys)
+        if labels not in ("all", "lv"):
+            raise ValueError(f"labels must be 'all' or 'lv', got {labels!r}")
+        self.labels, self.lv_label = labels, int(lv_label)
+        self.image_key, self.label_key = (list(keys) + ["label"])[:2]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image_path, label_path = str(d[self.image_key]), str(d[self.label_key])
+        image_HWT, meta = load_cine(image_path)
+        raw, _, _ = load_volume(label_path)
+        labels = check_label(np.asarray(raw), label_path, image_shape=tuple(int(s) for s in meta["original_shape"]))
+        if meta.get("crop") is not None:
+            y0, y1, x0, x1 = (int(c) for c in meta["crop"])
+            labels = labels[y0:y1, x0:x1]
+        annotated = (labels == self.lv_label).any(axis=(0, 1))
+        if not annotated.any():
+            raise EchoDataError(label_path, f"no frame carries an LV label ({self.lv_label}): nothing to learn from")
+        first, last = (int(i) for i in np.flatnonzero(annotated)[[0, -1]])
+        frames = np.arange(first, last + 1)
+        if self.labels == "lv":
+            labels = (labels == self.lv_label).astype(np.uint8)
+        row, col = (float(s) for s in meta["spacing"])
+        tensor_meta = {  # the entries LoadCamusd gives, so that items of any format collate in one batch
+            "filename_or_obj": image_path,
+            "format": str(meta.get("format", cine_format(image_path))),
+            "spacing": (row, col),
+            "spacing_known": bool(meta.get("spacing_known", False)),
+            "frame_rate": float(meta.get("frame_rate", float("nan"))),
+            "original_shape": tuple(int(n) for n in image_HWT.shape),
+        }
+        d[self.image_key] = to_meta_tensor(torch.as_tensor(np.asarray(image_HWT, np.float32)[..., frames]), tensor_meta)
+        d[self.label_key] = to_meta_tensor(
+            torch.as_tensor(np.ascontiguousarray(labels[..., frames]).astype(np.uint8)),
+            {**tensor_meta, "filename_or_obj": label_path},
+        )
+        d["label_frames"] = annotated[frames]
+        d["spacing"] = np.asarray((row, col), dtype=np.float32)
+        d["frame_rate"] = float(meta.get("frame_rate", float("nan")))
+        d["ed_index"], d["es_index"] = 0, len(frames) - 1
+        d["frame_indices"] = frames
+        d["occluded"] = np.full(len(frames), -1, dtype=np.int8)
+        return d

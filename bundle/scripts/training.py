@@ -395,7 +395,8 @@ def _is_main_process() -> bool:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves a partial file."""
+    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves a partial file. The
+    file keeps the mode of the one it replaces (a new one is 0644, readable like the rest of the bundle's files)."""
     import os
     import tempfile
 
@@ -405,6 +406,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     os.close(handle)
     try:
         torch.save(obj, tmp_name)
+        # mkstemp makes the file private (0600); the weights keep the mode of the file they replace, else 0644
+        os.chmod(tmp_name, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp_name, path)
     finally:
         if os.path.exists(tmp_name):
@@ -415,15 +418,22 @@ class BestModelSaver:
     """Saves the network's plain state dict to ``path`` whenever the evaluator's key metric improves.
 
     Attach it to the validation evaluator. The write is atomic. Its ``state_dict`` (best value and epoch) goes
-    into the training checkpoint so a resumed run keeps comparing against the right best value.
+    into the training checkpoint so a resumed run keeps comparing against the right best value. With
+    ``keep_start=True`` a validation before the first epoch (``ValidationHandler(exec_at_start=True)``, epoch 0) sets
+    the bar without saving: the weights training started from (e.g. the served model being fine-tuned) are replaced
+    only by an epoch that beats them.
     """
 
-    def __init__(self, path: str | Path, network: nn.Module, metric_name: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, network: nn.Module, metric_name: str | None = None, keep_start: bool = False
+    ) -> None:
         self.path = Path(path)
         self.network = network
         self.metric_name = metric_name
+        self.keep_start = bool(keep_start)
         self.best_metric = -float("inf")
         self.best_epoch = -1
+        self.history: list[tuple[int, float]] = []  # (epoch, metric) of every validation, 0 = before training
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
@@ -437,8 +447,12 @@ class BestModelSaver:
         trainer = getattr(engine, "trainer", None)
         if trainer is not None:
             epoch = int(trainer.state.epoch)
+        self.history.append((epoch, value))
         if value > self.best_metric:
             self.best_metric, self.best_epoch = value, epoch
+            if self.keep_start and epoch == 0:
+                logger.info("%s = %.4f before training: the weights to beat", name, value)
+                return
             if _is_main_process():
                 atomic_torch_save(model_state_dict(self.network), self.path)
                 logger.info("new best %s = %.4f at epoch %d: saved %s", name, value, epoch, self.path)

@@ -10,7 +10,8 @@ server that keeps answering during inferences), and (re)builds ``APP_DIR/model/<
 ``scripts``, ``docs`` and ``LICENSE`` are symlinks, every config is a symlink except ``inference.json`` and
 ``train.json``: ``inference.json`` is ``bundle/configs/inference.json`` merged with ``monailabel_infer.json`` (label
 returned as a tensor in the input's geometry, no files written), ``train.json`` is ``train.json`` merged with
-``monailabel_train.json`` (MONAI Label's ``{"image", "label"}`` datalist items read as whole labelled cines), both plus
+``monailabel_train.json`` (MONAI Label's ``{"image", "label"}`` datalist items: any cine with its saved label, the
+frames with an LV label; the served weights validated before training and replaced only when beaten), both plus
 the ``--overrides``; ``models/model.pt`` is a copy of the weights (MONAI Label's ``/train`` rewrites it, the
 repository's file stays untouched). It stops (``SystemExit``, one reason) when the overrides contradict the weights or
 ``--studies`` is a folder MONAI Label cannot serve (:func:`scripts.serving.datastore_layout_problem`). Run it with
@@ -65,10 +66,24 @@ def make_app(
         parser = ConfigParser()
         parser.read_config([str(bundle / "configs" / config), str(bundle / "configs" / override)])
         parser.update(extra)
+        if config == "train.json":
+            validate_before_training(parser.config)
         (view / "configs" / config).write_text(json.dumps(parser.config, indent=4) + "\n")
     shutil.copyfile(weights_file, view / "models" / "model.pt")
     refuse_contradicting_overrides(view)
     return str(view)
+
+
+def validate_before_training(config: dict) -> None:
+    """Make the served ``train.json`` validate the served weights before the first epoch (``ValidationHandler``'s
+    ``exec_at_start``), so that ``/train`` replaces them only with an epoch that beats them on the validation cines
+    (``validate#best_model#keep_start`` in ``monailabel_train.json``)."""
+    handlers = [
+        h for h in config["train"]["handlers"] if isinstance(h, dict) and h.get("_target_") == "ValidationHandler"
+    ]
+    if len(handlers) != 1:
+        raise SystemExit(f"train.json: expected one ValidationHandler in train#handlers, found {len(handlers)}")
+    handlers[0]["exec_at_start"] = True
 
 
 def refuse_unservable_studies(studies: str, bundle: Path = BUNDLE_DIR) -> None:

@@ -16,6 +16,7 @@
 #   MONAILABEL_HOST    bind address (default 127.0.0.1)
 #   MONAI_LABEL_INFER_CONCURRENCY  inferences run at once (default 1; more requests wait their turn)
 #   MONAI_LABEL_INFER_TIMEOUT      seconds a request waits for its inference (MONAI Label's default 600)
+#   GDKVM_MAX_UPLOAD_MB            largest request body (an uploaded cine or label) in MB (default 512; 413 past it)
 # Extra `--conf k v` pairs can follow in MONAILABEL_EXTRA (e.g. "--conf preload true").
 #
 # The server runs in the foreground (exec); stop it with Ctrl-C or by killing its process.
