@@ -338,6 +338,14 @@ def test_corrections_through_inference_json(tmp_path, kind: str) -> None:
     assert alone.returncode == 1
     assert "corrected_frames given without a corrected label" in alone.stdout + alone.stderr
     assert not (tmp_path / "alone" / "cine_seg.json").exists()
+    nib.save(nib.Nifti1Image(2 * drawn, label.affine), tmp_path / "myocardium.nii.gz")  # a class the model lacks
+    foreign = run(
+        tmp_path / "foreign", "--corrections", str(tmp_path / "myocardium.nii.gz"), "--corrected_frames", "[2]"
+    )
+    assert foreign.returncode == 1
+    assert "myocardium.nii.gz" in foreign.stdout + foreign.stderr
+    assert "labels [2] are not classes of this model (0..1)" in foreign.stdout + foreign.stderr
+    assert not (tmp_path / "foreign" / "cine_seg.json").exists()
     assert source.exists()
 
 

@@ -502,6 +502,11 @@ def test_corrections_sent_with_infer_carry_through_the_cine(server: dict) -> Non
     np.testing.assert_array_equal(label[..., [0, last]], (truth[..., [0, last]] == 1).astype(np.uint8))
     status, body = infer(server, stem, files={"label": sent, "params": json.dumps({"corrected_frames": [999]})})
     assert status == 422 and "outside the cine" in detail(body), body[-500:]
+    myocardium = server["work"] / "myocardium.nii.gz"  # class 2 drawn for an LV-only model: refused, not a 500
+    nib.save(nib.Nifti1Image(2 * (truth == 1).astype(np.uint8), nib.load(str(truth_file)).affine), str(myocardium))
+    sent = ("myocardium.nii.gz", myocardium.read_bytes())
+    status, body = infer(server, stem, files={"label": sent, "params": params})
+    assert status == 422 and "labels [2] are not classes of this model" in detail(body), body[-500:]
 
 
 def raw(server: dict, method: str, target: str, body: bytes | None = None, headers: dict | None = None,

@@ -133,8 +133,9 @@ class LoadCorrectionsd(MapTransform):
 
     Raises:
         EchoDataError: naming the label file, when it does not lie on the cine, has no LV on any frame (and no
-            frames were named), or names frames outside the cine; naming the cine, when frames are named without a
-            label.
+            frames were named), names frames outside the cine, or holds a label that is not a class of the model
+            (``num_classes``, e.g. myocardium 2 sent to an LV-only model); naming the cine, when frames are named
+            without a label.
     """
 
     def __init__(
@@ -144,8 +145,10 @@ class LoadCorrectionsd(MapTransform):
         image_key: str = "image",
         key: str = "corrections",
         lv_label: int = 1,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__(key, allow_missing_keys=True)
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.corrections = str(corrections or "")
         self.corrected_frames = [int(f) for f in corrected_frames or []]
         self.image_key, self.key, self.lv_label = image_key, key, int(lv_label)
@@ -173,6 +176,14 @@ class LoadCorrectionsd(MapTransform):
         if outside:
             raise EchoDataError(path, f"corrected frames {outside} are outside the cine's {labels.shape[-1]} frames")
         frames = sorted(set(frames))
+        if self.num_classes is not None:
+            classes = np.unique(labels[..., frames]).tolist()
+            foreign = [int(c) for c in classes if not 0 <= c < self.num_classes]
+            if foreign:
+                raise EchoDataError(
+                    path,
+                    f"labels {foreign} are not classes of this model (0..{self.num_classes - 1})",
+                )
         d["corrections"] = torch.as_tensor(labels)[None]
         d["corrections_file"] = path
         d["corrected_frames"] = np.asarray(frames, dtype=np.int64)
