@@ -5,11 +5,16 @@
 - :class:`CineDataset` (a MONAI ``Dataset``) turns an input that is already done (its summary JSON exists), one that
   is not a cine, or one whose loading/preprocessing fails into a *record* ``{"source", "status", "reason"}`` instead
   of an image or an exception.
-- :class:`CineEvaluator` (a MONAI ``SupervisedEvaluator``) segments every image and runs the postprocessing (the file
-  writer) itself, inside a ``try``: a failure becomes one console line ``failed: <file>: <problem>`` and a row of
-  ``failures.csv``; the traceback goes to ``inference.log`` in the output folder only. At the end it gathers the
+- :class:`CineEvaluator` (a MONAI ``SupervisedEvaluator``) segments every image and hands the postprocessing (the
+  file writer) of each cine to a :class:`scripts.writer_pool.WriterPool` (``writers`` processes, bounded), which
+  never raises: a failure, reading or writing, becomes one console line ``failed: <file>: <problem>`` and a row of
+  ``failures.csv``; the traceback goes to ``inference.log`` in the output folder only, as do the warnings raised
+  while reading or writing a cine (one line each, naming the file, from DataLoader workers and writers alike) and
+  what libraries log (pydicom's traceback of a corrupt JPEG frame). At the end it waits for the writers, gathers the
   records of all processes (``torch.distributed``), writes ``failures.csv`` and logs one summary line;
   :meth:`CineEvaluator.exit_on_failure` (the config's ``finalize``) exits with status 1 if any input failed.
+- :func:`collate_cines` is the inference DataLoader's ``collate_fn``: it passes the decoded source
+  (``source_cine``) and the reading warnings past collation, so that the writer takes the input decoded once.
 """
 
 from __future__ import annotations
@@ -26,16 +31,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from monai.data import Dataset
+from monai.data import Dataset, list_data_collate
 from monai.engines import SupervisedEvaluator
-from monai.engines.utils import engine_apply_transform
 
 from scripts.clinical._io import atomic_paths
-from scripts.console import echo_data_error_in, exception_chain
+from scripts.console import failure_reason
 from scripts.data.errors import EchoDataError
-from scripts.inference import VERDICT_SUFFIX, find_cines, is_complete, output_stem
+from scripts.data.video_io import SOURCE_KEY
+from scripts.inference import find_cines, is_complete, output_stem
+from scripts.writer_pool import WriteResult, WriterPool, default_workers
 
-__all__ = ["CineDataset", "CineEvaluator", "cine_datalist", "failure_reason"]
+__all__ = ["CineDataset", "CineEvaluator", "cine_datalist", "collate_cines", "default_workers", "failure_reason"]
 
 logger = logging.getLogger(__name__)
 # file-only logger: tracebacks, warnings and one line per input, in the output folder's log (never on the console)
@@ -47,6 +53,11 @@ file_logger.addHandler(logging.NullHandler())
 FAILED, SEGMENTED, SKIPPED, IGNORED = "failed", "segmented", "skipped", "ignored"
 FAILURES_CSV = "failures.csv"
 LOG_FILE = "inference.log"
+WARNINGS_KEY = "read_warnings"  # CineDataset: the warnings raised while reading a cine, logged by the evaluator
+CARRIED_KEYS = (SOURCE_KEY, WARNINGS_KEY)  # passed by collate_cines as lists, past collation and decollation
+# loggers of the libraries that read and write the files: their records (pydicom logs a corrupt JPEG frame with its
+# traceback) go to the run's log file during a run, not to the console
+LIBRARY_LOGGERS = ("pydicom", "PIL", "nibabel", "matplotlib", "skimage", "cv2", "itk", "h5py", "highdicom")
 
 
 def cine_datalist(
@@ -65,43 +76,41 @@ def cine_datalist(
         raise SystemExit(f"inference: {e}") from None
 
 
-def failure_reason(error: BaseException, source: str | Path) -> str:
-    """The problem of an input that failed, on one line (at most 1000 characters); its path shortened to the name.
-
-    The :class:`scripts.data.EchoDataError` inside MONAI's ``RuntimeError("applying transform ...")`` chain gives its
-    problem (with its file if that is not ``source``); any other error gives ``"<Type>: <message>"`` of the innermost
-    exception.
-    """
-    echo = echo_data_error_in(error)
-    if echo is not None:
-        text = echo.problem if Path(echo.path) == Path(source) else str(echo)
-    else:
-        root = exception_chain(error)[-1]
-        message = str(root).replace(str(source), Path(source).name)
-        text = f"{type(root).__name__}: {message}" if message.strip() else type(root).__name__
-    return " ".join(text.split())[:1000]
-
-
 @contextlib.contextmanager
-def _warnings_to_log(source: str | Path) -> Iterator[None]:
-    """Send the warnings raised for one input to the log file (one line each, naming the file), not the console."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+def _library_logs_to(handler: logging.Handler) -> Iterator[None]:
+    """Send what :data:`LIBRARY_LOGGERS` log to ``handler`` only (not the console) inside the block."""
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        saved.append((library, library.propagate))
+        library.propagate = False
+        library.addHandler(handler)
+    try:
         yield
-    for w in caught:
-        file_logger.warning("warning: %s: %s: %s", source, w.category.__name__, " ".join(str(w.message).split()))
+    finally:
+        for library, propagate in saved:
+            library.removeHandler(handler)
+            library.propagate = propagate
 
 
 VERDICTS = ("ok", "review", "reject")  # scripts.clinical.quality's verdicts, counted in the run's summary
 
 
-def _verdict(item: Mapping[str, Any]) -> str:
-    """The verdict ``SaveCineResultd`` put into ``item`` (``d["<key>_verdict"]``; ``""`` without one)."""
-    return next((str(v) for k, v in item.items() if str(k).endswith(f"_{VERDICT_SUFFIX}")), "")
-
-
 def _record(source: str, status: str, reason: str, trace: str = "") -> dict[str, str]:
     return {"source": source, "status": status, "reason": reason, "traceback": trace}
+
+
+def _warning_lines(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    return [f"{w.category.__name__}: {' '.join(str(w.message).split())}" for w in caught]
+
+
+def collate_cines(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """MONAI's ``list_data_collate`` of ``items``, except :data:`CARRIED_KEYS` (the decoded source, the reading
+    warnings): each becomes the list of the items' values (``None`` where missing), untouched."""
+    carried = {key: [item.get(key) for item in items] for key in CARRIED_KEYS if any(key in i for i in items)}
+    batch = list_data_collate([{k: v for k, v in item.items() if k not in CARRIED_KEYS} for item in items])
+    batch.update(carried)
+    return batch
 
 
 class CineDataset(Dataset):
@@ -114,7 +123,9 @@ class CineDataset(Dataset):
     - ``"skipped"``: its outputs are complete (``<output_dir>/<output_stem>_seg.json`` exists) and not ``overwrite``;
     - ``"failed"``: loading or preprocessing raised (reason: the problem, see :func:`failure_reason`).
 
-    Use it with ``batch_size=1`` (cines differ in size, and a record does not collate with an image).
+    Either carries ``read_warnings``: the warnings raised while reading it (``"<Category>: <message>"``), for the
+    evaluator to log (a DataLoader worker has no log file). Use it with ``batch_size=1`` (cines differ in size, and a
+    record does not collate with an image) and :func:`collate_cines`.
     """
 
     def __init__(
@@ -136,31 +147,36 @@ class CineDataset(Dataset):
         stem = item.get("output_stem") or output_stem(source)
         if self.output_dir is not None and not self.overwrite and is_complete(self.output_dir, stem):
             return _record(source, SKIPPED, "already done")
-        in_worker = torch.utils.data.get_worker_info() is not None  # no log file in a worker: warnings stay
-        with contextlib.nullcontext() if in_worker else _warnings_to_log(source):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             try:
-                return super()._transform(index)
+                result = dict(super()._transform(index))
             except Exception as e:
-                return _record(source, FAILED, failure_reason(e, source), traceback.format_exc())
+                result = _record(source, FAILED, failure_reason(e, source), traceback.format_exc())
+        result[WARNINGS_KEY] = _warning_lines(caught)
+        return result
 
 
 class CineEvaluator(SupervisedEvaluator):
     """A ``SupervisedEvaluator`` that segments every readable cine of a :class:`CineDataset` and records the rest.
 
     Each iteration gets one preprocessed cine ``image [B=1, 1, H, W, T]`` or a record of :class:`CineDataset`. The
-    network runs as in ``SupervisedEvaluator``; then ``postprocessing`` (``AsDiscreted`` and the file writer) runs
-    here, per decollated item, inside a ``try`` (it is *not* registered as MONAI's event handler, whose exception
-    would stop the run). A failure logs one line ``failed: <file>: <problem>`` (its traceback goes to the log file
-    only) and the run goes on.
+    network runs as in ``SupervisedEvaluator``; then ``postprocessing`` (``LVConfidenced``, ``AsDiscreted`` and the
+    file writer) of each decollated item goes to a :class:`scripts.writer_pool.WriterPool` of ``writers`` processes
+    (it is *not* registered as MONAI's event handler, whose exception would stop the run), and the network goes on
+    with the next cine. A failure, of the network or of a writer, logs one line ``failed: <file>: <problem>`` (its
+    traceback goes to the log file only) and the run goes on.
 
     ``run()`` writes ``<output_dir>/inference.log`` (``inference.rank<r>.log`` for ranks > 0 under
-    ``torch.distributed``), then gathers the records of all ranks, and rank 0 writes ``failures.csv`` (``file,
-    reason``) and logs the summary line. ``summary`` holds the merged counts on every rank.
+    ``torch.distributed``), waits for the writers, then gathers the records of all ranks, and rank 0 writes
+    ``failures.csv`` (``file, reason``) and logs the summary line. ``summary`` holds the merged counts on every rank.
 
     Args:
         output_dir: where the outputs, ``failures.csv`` and the log file go.
         postprocessing: transform applied to each decollated ``{**batch_item, **output_item}`` (keeps MONAI's
             ``evaluator#postprocessing`` property).
+        writers: writer processes (``inference.json``: ``writers``, default from the cores); 0 writes each cine in
+            this process before the next one is segmented.
         Other arguments: as ``monai.engines.SupervisedEvaluator``.
     """
 
@@ -171,25 +187,32 @@ class CineEvaluator(SupervisedEvaluator):
         network: torch.nn.Module,
         output_dir: str | Path,
         postprocessing: Callable | None = None,
+        writers: int = 0,
         **kwargs: Any,
     ) -> None:
         kwargs["decollate"] = True
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, **kwargs)
         self.postprocessing = postprocessing
         self.output_dir = Path(output_dir)
+        self.writers = max(0, int(writers))
         self.records: list[dict[str, str]] = []
         self.summary: dict[str, Any] | None = None
+        self._pool: WriterPool | None = None
 
     # ------------------------------------------------------------------------------------------------ iteration
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> Any:
-        if "status" in batchdata:  # records of CineDataset: nothing to segment
-            for i, source in enumerate(batchdata["source"]):
-                self._note(source, batchdata["status"][i], batchdata["reason"][i], batchdata["traceback"][i])
-            engine.state.output = []
-            return engine.state.output
+        carried = {key: batchdata.pop(key) for key in CARRIED_KEYS if key in batchdata}
         sources = [str(s) for s in batchdata.get("source", ["?"])]
+        for source, lines in zip(sources, carried.pop(WARNINGS_KEY, [])):
+            self._log_warnings(source, lines or [])
+        engine.state.output = []
+        if "status" in batchdata:  # records of CineDataset: nothing to segment
+            for i, source in enumerate(sources):
+                self._note(source, batchdata["status"][i], batchdata["reason"][i], batchdata["traceback"][i])
+            return engine.state.output
         try:
-            with _warnings_to_log(", ".join(sources)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 super()._iteration(engine, batchdata)  # prepare_batch, inferer, decollate (MODEL_COMPLETED)
         except Exception as e:
             for source in sources:
@@ -197,21 +220,30 @@ class CineEvaluator(SupervisedEvaluator):
             self._free_memory(e)
             engine.state.output = []
             return engine.state.output
+        finally:
+            self._log_warnings(", ".join(sources), _warning_lines(caught))
         for i, (item, output) in enumerate(zip(engine.state.batch, engine.state.output)):
-            source = str(item.get("source", sources[min(i, len(sources) - 1)]))
-            try:
-                with _warnings_to_log(source):
-                    if self.postprocessing is not None:
-                        item, output = engine_apply_transform(item, output, self.postprocessing)
-            except Exception as e:
-                self._note(source, FAILED, failure_reason(e, source), traceback.format_exc())
-                self._free_memory(e)
-                continue
-            engine.state.batch[i], engine.state.output[i] = item, output
-            self._note(
-                source, SEGMENTED, verdict=_verdict(output if isinstance(output, Mapping) else {}) or _verdict(item)
-            )
+            item.update({key: values[i] for key, values in carried.items()})
+            self._write(str(item.get("source", sources[min(i, len(sources) - 1)])), item, output)
         return engine.state.output
+
+    def _write(self, source: str, item: dict, output: Any) -> None:
+        """Hand one segmented cine to the writers; note the cines whose writing finished meanwhile."""
+        pool = self._pool if self._pool is not None else WriterPool(self.postprocessing, 0)
+        for result in pool.submit(source, item, output):
+            self._finish(result)
+
+    def _finish(self, result: WriteResult) -> None:
+        self._log_warnings(result.source, result.warnings)
+        if result.ok:
+            self._note(result.source, SEGMENTED, verdict=result.verdict)
+        else:
+            self._note(result.source, FAILED, result.reason, result.trace)
+
+    @staticmethod
+    def _log_warnings(source: str, lines: Sequence[str]) -> None:
+        for line in lines:
+            file_logger.warning("warning: %s: %s", source, line)
 
     @staticmethod
     def _free_memory(error: BaseException) -> None:
@@ -240,10 +272,17 @@ class CineEvaluator(SupervisedEvaluator):
         root.addHandler(handler)
         file_logger.addHandler(handler)
         try:
-            file_logger.info("inference started: %d inputs for this process", self.state.epoch_length or 0)
-            super().run(global_epoch)
+            # DataLoader workers and writers start (fork) inside: they inherit the log file and the libraries' routing
+            with _library_logs_to(handler):
+                file_logger.info("inference started: %d inputs for this process", self.state.epoch_length or 0)
+                with WriterPool(self.postprocessing, self.writers) as self._pool:
+                    super().run(global_epoch)
+                    for result in self._pool.drain():
+                        self._finish(result)
+                self._pool = None
             self.summary = self._summarize(rank)
         finally:
+            self._pool = None
             root.removeHandler(handler)
             file_logger.removeHandler(handler)
             handler.close()

@@ -26,6 +26,8 @@ from monai.transforms import MapTransform
 from .errors import EchoDataError, check_cine
 
 __all__ = [
+    "SOURCE_KEY",
+    "DecodedCine",
     "LoadCined",
     "cine_affine",
     "cine_format",
@@ -39,6 +41,7 @@ LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mhd", ".mha", ".nrrd")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv")
+SOURCE_KEY = "source_cine"  # LoadCined(keep_source=True) puts the decoded input here, for the result writer
 PLAUSIBLE_SPACING_MM = (0.01, 5.0)  # echo pixels are ~0.05-1 mm; outside this a header's calibration is broken
 
 
@@ -476,8 +479,33 @@ def to_meta_tensor(array: np.ndarray | torch.Tensor, meta: Mapping[str, Any]) ->
     return MetaTensor(t, affine=torch.as_tensor(cine_affine(meta["spacing"]), dtype=torch.float64), meta=m)
 
 
+class DecodedCine:
+    """A cine as :func:`load_cine` decoded it, kept for the result writer so that the input is decoded once.
+
+    Attributes:
+        image_HWT: ``[H, W, T]`` float32 in [0, 1], a torch tensor (it crosses to DataLoader workers and writer
+            processes through shared memory, not a copy); :meth:`numpy` gives the array.
+        meta: :func:`load_cine`'s metadata, as it returned it.
+    """
+
+    def __init__(self, image_HWT: np.ndarray | torch.Tensor, meta: Mapping[str, Any]) -> None:
+        self.image_HWT = torch.as_tensor(image_HWT)
+        self.meta = dict(meta)
+
+    def numpy(self) -> np.ndarray:
+        """The image ``[H, W, T]`` float32 (a view of the tensor's memory)."""
+        return self.image_HWT.numpy()
+
+    def __repr__(self) -> str:
+        return f"DecodedCine({self.meta.get('filename_or_obj')}, {tuple(self.image_HWT.shape)})"
+
+
 class LoadCined(MapTransform):
     """Load a cine file named by ``d[key]`` into the contract: MetaTensor ``[1, H, W, T]`` float32 in [0, 1].
+
+    ``keep_source=True`` also keeps the decoded input, before any later transform, as ``d["source_cine"]`` (a
+    :class:`DecodedCine`, ``[H, W, T]``): the inference writer takes the input's pixels and geometry from it
+    instead of decoding the file again (the MetaTensor shares its memory until a transform replaces it).
 
     Also sets ``d["spacing"]`` (float32 ``[2]``, row/col mm, NaN when unknown), ``d["frame_rate"]`` (Hz or NaN) and,
     unless present, ``d["label_frames"]`` (``[T]`` bool, all False: nothing annotated), ``d["ed_index"] = 0`` and
@@ -489,15 +517,19 @@ class LoadCined(MapTransform):
         keys: Sequence[Hashable] | Hashable = "image",
         crop_to_region: bool = True,
         allow_missing_keys: bool = False,
+        keep_source: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.crop_to_region = crop_to_region
+        self.keep_source = bool(keep_source)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             image, meta = load_cine(d[key], crop_to_region=self.crop_to_region)
             d[key] = to_meta_tensor(image, meta)
+            if self.keep_source:
+                d[SOURCE_KEY] = DecodedCine(d[key].as_tensor()[0], meta)
             T = image.shape[-1]
             d.setdefault("spacing", np.asarray(meta["spacing"], dtype=np.float32))
             d.setdefault("frame_rate", meta["frame_rate"])
