@@ -1,0 +1,181 @@
+"""Archive inference against the network alone: frames/s of ``run inferring`` as the README types it, in one run.
+
+For each input folder (``--nifti N`` synthetic NIfTI cines, ``--dicom N`` colour JPEG-baseline DICOM cines of 30-120
+frames as scanners write them, see ``bench/archive_data.py``) it times, in this order:
+
+- ``network alone``: the configured network and inferer (``inference.json``'s ``network`` and ``inferer``, the
+  checkpoint loaded) on every cine of the folder, preprocessed beforehand and read from memory (``[1, 1, h, w, T]``
+  at the trained size), under ``torch.no_grad``: what the pipeline's network costs;
+- ``python -m monai.bundle run inferring --config_file bundle/configs/inference.json`` on the folder, in a fresh
+  process and a fresh output folder: with the defaults, with ``--write_overlays False``, and for each
+  ``--extra "<label>=<overrides>"`` (for example ``--extra "in turn=--writers 0 --num_workers 0"``);
+- with ``--baseline REV``, the same commands from the bundle of git revision ``REV`` (``git archive`` into the work
+  folder, this checkpoint): the pipeline before a change, measured in the same run;
+- ``network alone`` again (the machine's load drifts: the ratios use the mean of the two).
+
+A command's frames/s is the folder's frames over its ``run`` time: from the ``inference started`` line to the summary
+line of ``inference.log`` (what an archive of thousands of cines sees); the process's wall time, with its start-up
+(imports, network, checkpoint; ~5-10 s), is given too. ``ratio`` = frames/s / the network alone's.
+
+Usage (from the repository root; ``make demo`` first, for the model and the synthetic set):
+    .venv/bin/python bench/archive.py --nifti 30 --dicom 10 --baseline main
+    .venv/bin/python bench/archive.py --nifti 6 --dicom 0          # a quick look
+Writes ``results/bench_archive.json`` (or ``--out``) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from archive_data import dicom_folder, nifti_folder
+from machine import machine_description
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "bundle"))
+CONFIG = "bundle/configs/inference.json"
+
+
+def _log_seconds(log: Path) -> float:
+    """Seconds from the ``inference started`` line to the summary line of an ``inference.log``."""
+    stamps = {}
+    for line in log.read_text().splitlines():
+        for key, marker in (("start", "inference started:"), ("end", " segmented, ")):
+            if marker in line and "scripts.batch" in line and key not in stamps:
+                stamps[key] = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    if len(stamps) != 2:
+        raise RuntimeError(f"{log}: no start or summary line")
+    return (stamps["end"] - stamps["start"]).total_seconds()
+
+
+def run_command(root: Path, data: Path, out: Path, ckpt_dir: Path, extra: list[str]) -> dict:
+    """``run inferring`` from the checkout ``root`` on ``data`` into a fresh ``out``; its run and wall seconds."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", CONFIG]
+    command += ["--dataset_dir", str(data), "--output_dir", str(out), "--ckpt_dir", str(ckpt_dir), *extra]
+    begin = time.perf_counter()
+    result = subprocess.run(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - begin
+    summary = [line for line in result.stdout.splitlines() if "inference: " in line and " segmented, " in line]
+    if result.returncode != 0 or not summary:
+        raise RuntimeError(f"{shlex.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}")
+    return {"run_s": _log_seconds(out / "inference.log"), "wall_s": wall, "summary": summary[-1].split(" - ")[-1]}
+
+
+def network_alone(data: Path, ckpt_dir: Path) -> dict:
+    """The configured network and inferer on every cine of ``data``, preprocessed into memory first."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(REPO_ROOT / CONFIG)
+    parser.update({"bundle_root": str(REPO_ROOT / "bundle"), "ckpt_dir": str(ckpt_dir), "dataset_dir": str(data)})
+    network = parser.get_parsed_content("network").eval()
+    network.load_state_dict(torch.load(parser.get_parsed_content("checkpoint"), map_location="cpu"))
+    device = parser.get_parsed_content("device")
+    inferer, preprocessing = parser.get_parsed_content("inferer"), parser.get_parsed_content("preprocessing")
+    items = parser.get_parsed_content("dataset#data")
+    cines = [item for item in items if "ignored" not in item]
+    videos = [preprocessing(dict(item))["image"].as_tensor()[None].to(device) for item in cines]
+    frames = sum(int(v.shape[-1]) for v in videos)
+    with torch.no_grad():
+        inferer(videos[0][..., :4], network)  # warm-up
+        begin = time.perf_counter()
+        for video in videos:
+            inferer(video, network)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - begin
+    return {"cines": len(videos), "frames": frames, "seconds": seconds, "fps": frames / seconds}
+
+
+def baseline_checkout(rev: str, work: Path) -> Path:
+    """The bundle of git revision ``rev`` (``git archive``), under ``work/baseline-<rev>``."""
+    commit = subprocess.run(["git", "rev-parse", rev], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    root = work / f"baseline-{commit.stdout.strip()[:10]}"
+    if not (root / CONFIG).is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", rev, "bundle"], cwd=REPO_ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    return root
+
+
+def bench_folder(name: str, data: Path, args: argparse.Namespace, baseline: Path | None) -> list[dict]:
+    """The rows of one input folder (see the module)."""
+    commands: list[tuple[str, Path, list[str]]] = [("run inferring (defaults)", REPO_ROOT, [])]
+    commands.append(("run inferring --write_overlays False", REPO_ROOT, ["--write_overlays", "False"]))
+    for spec in args.extra:
+        label, _, overrides = spec.partition("=")
+        commands.append((f"run inferring {label}", REPO_ROOT, shlex.split(overrides)))
+    if baseline is not None:
+        commands.append((f"before ({args.baseline}): defaults", baseline, []))
+        commands.append((f"before ({args.baseline}): --write_overlays False", baseline, ["--write_overlays", "False"]))
+    first = network_alone(data, args.ckpt_dir)
+    print(f"{name}: network alone {first['fps']:.1f} frames/s ({first['frames']} frames)", flush=True)
+    rows = []
+    for label, root, extra in commands:
+        out = args.work / "out" / name / label.replace(" ", "_").replace("/", "")
+        measured = run_command(root, data, out, args.ckpt_dir, extra)
+        measured["fps"] = first["frames"] / measured["run_s"]
+        rows.append({"inputs": name, "mode": label, "overrides": extra, **measured})
+        print(f"{name}: {label}: {measured['fps']:.1f} frames/s; {measured['summary']}", flush=True)
+    second = network_alone(data, args.ckpt_dir)
+    network_fps = (first["fps"] + second["fps"]) / 2
+    for row in rows:
+        row["ratio"] = row["fps"] / network_fps
+        row["frames"], row["cines"] = first["frames"], first["cines"]
+    alone = {"inputs": name, "mode": "network alone", "fps": network_fps, "ratio": 1.0, "frames": first["frames"]}
+    alone.update({"cines": first["cines"], "fps_before": first["fps"], "fps_after": second["fps"]})
+    return [alone, *rows]
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| inputs | mode | cines | frames | run (s) | wall (s) | frames/s | ratio to the network |"]
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        run = f"{r['run_s']:.1f}" if "run_s" in r else f"{r['frames'] / r['fps']:.1f}"
+        wall = f"{r['wall_s']:.1f}" if "wall_s" in r else ""
+        cells = [r["inputs"], r["mode"], r["cines"], r["frames"], run, wall, f"{r['fps']:.1f}", f"{r['ratio']:.2f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nifti", type=int, default=20, help="synthetic NIfTI cines (0: none)")
+    parser.add_argument("--dicom", type=int, default=6, help="JPEG-baseline colour DICOM cines (0: none)")
+    parser.add_argument("--dicom_frames", type=int, nargs=2, default=[30, 120])
+    parser.add_argument("--ckpt_dir", type=Path, default=REPO_ROOT / "bundle" / "models")
+    parser.add_argument("--baseline", default=None, help="a git revision whose bundle is timed too (e.g. main)")
+    parser.add_argument("--extra", action="append", default=[], help='more commands: "label=--overrides ..."')
+    parser.add_argument("--work", type=Path, default=REPO_ROOT / "results" / "archive")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_archive.json")
+    args = parser.parse_args()
+    if not (args.ckpt_dir / "model.pt").is_file():
+        raise SystemExit(f"archive bench: no {args.ckpt_dir / 'model.pt'} (make demo)")
+    baseline = baseline_checkout(args.baseline, args.work) if args.baseline else None
+    folders = []
+    if args.nifti:
+        folders.append(("synthetic NIfTI", nifti_folder(args.work / "nifti", args.nifti)))
+    if args.dicom:
+        folders.append(("DICOM JPEG colour", dicom_folder(args.work / "dicom", args.dicom, tuple(args.dicom_frames))))
+    rows = []
+    for name, data in folders:
+        rows += bench_folder(name, data, args, baseline)
+        result = {"machine": machine_description("cpu"), "date": datetime.date.today().isoformat()}
+        result.update({"cpu_count": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    print(f"\n{machine_description('cpu')}\n\n{table(rows)}\n\nsaved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
