@@ -19,45 +19,32 @@
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import logging
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from monai.data import Dataset, list_data_collate
 from monai.engines import SupervisedEvaluator
 
-from scripts.clinical._io import atomic_paths
 from scripts.console import failure_reason
 from scripts.data.errors import EchoDataError
 from scripts.data.video_io import SOURCE_KEY
 from scripts.inference import find_cines, is_complete, output_stem
+from scripts.records import FAILED, IGNORED, SEGMENTED, SKIPPED, RunRecords, file_logger, rank, warning_lines
 from scripts.writer_pool import WriteResult, WriterPool, default_workers
 
 __all__ = ["CineDataset", "CineEvaluator", "cine_datalist", "collate_cines", "default_workers", "failure_reason"]
 
 logger = logging.getLogger(__name__)
-# file-only logger: tracebacks, warnings and one line per input, in the output folder's log (never on the console)
-file_logger = logging.getLogger(f"{__name__}.file")
-file_logger.propagate = False
-file_logger.setLevel(logging.INFO)
-file_logger.addHandler(logging.NullHandler())
 
-FAILED, SEGMENTED, SKIPPED, IGNORED = "failed", "segmented", "skipped", "ignored"
-FAILURES_CSV = "failures.csv"
-LOG_FILE = "inference.log"
+LOG_NAME = "inference"  # <output_dir>/inference.log
 WARNINGS_KEY = "read_warnings"  # CineDataset: the warnings raised while reading a cine, logged by the evaluator
 CARRIED_KEYS = (SOURCE_KEY, WARNINGS_KEY)  # passed by collate_cines as lists, past collation and decollation
-# loggers of the libraries that read and write the files: their records (pydicom logs a corrupt JPEG frame with its
-# traceback) go to the run's log file during a run, not to the console
-LIBRARY_LOGGERS = ("pydicom", "PIL", "nibabel", "matplotlib", "skimage", "cv2", "itk", "h5py", "highdicom")
 
 
 def cine_datalist(
@@ -76,32 +63,11 @@ def cine_datalist(
         raise SystemExit(f"inference: {e}") from None
 
 
-@contextlib.contextmanager
-def _library_logs_to(handler: logging.Handler) -> Iterator[None]:
-    """Send what :data:`LIBRARY_LOGGERS` log to ``handler`` only (not the console) inside the block."""
-    saved = []
-    for name in LIBRARY_LOGGERS:
-        library = logging.getLogger(name)
-        saved.append((library, library.propagate))
-        library.propagate = False
-        library.addHandler(handler)
-    try:
-        yield
-    finally:
-        for library, propagate in saved:
-            library.removeHandler(handler)
-            library.propagate = propagate
-
-
 VERDICTS = ("ok", "review", "reject")  # scripts.clinical.quality's verdicts, counted in the run's summary
 
 
 def _record(source: str, status: str, reason: str, trace: str = "") -> dict[str, str]:
     return {"source": source, "status": status, "reason": reason, "traceback": trace}
-
-
-def _warning_lines(caught: Sequence[warnings.WarningMessage]) -> list[str]:
-    return [f"{w.category.__name__}: {' '.join(str(w.message).split())}" for w in caught]
 
 
 def collate_cines(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -153,11 +119,11 @@ class CineDataset(Dataset):
                 result = dict(super()._transform(index))
             except Exception as e:
                 result = _record(source, FAILED, failure_reason(e, source), traceback.format_exc())
-        result[WARNINGS_KEY] = _warning_lines(caught)
+        result[WARNINGS_KEY] = warning_lines(caught)
         return result
 
 
-class CineEvaluator(SupervisedEvaluator):
+class CineEvaluator(RunRecords, SupervisedEvaluator):
     """A ``SupervisedEvaluator`` that segments every readable cine of a :class:`CineDataset` and records the rest.
 
     Each iteration gets one preprocessed cine ``image [B=1, 1, H, W, T]`` or a record of :class:`CineDataset`. The
@@ -195,6 +161,7 @@ class CineEvaluator(SupervisedEvaluator):
         self.postprocessing = postprocessing
         self.output_dir = Path(output_dir)
         self.writers = max(0, int(writers))
+        self.records_console = logger
         self.records: list[dict[str, str]] = []
         self.summary: dict[str, Any] | None = None
         self._pool: WriterPool | None = None
@@ -204,11 +171,11 @@ class CineEvaluator(SupervisedEvaluator):
         carried = {key: batchdata.pop(key) for key in CARRIED_KEYS if key in batchdata}
         sources = [str(s) for s in batchdata.get("source", ["?"])]
         for source, lines in zip(sources, carried.pop(WARNINGS_KEY, [])):
-            self._log_warnings(source, lines or [])
+            self.log_warnings(source, lines or [])
         engine.state.output = []
         if "status" in batchdata:  # records of CineDataset: nothing to segment
             for i, source in enumerate(sources):
-                self._note(source, batchdata["status"][i], batchdata["reason"][i], batchdata["traceback"][i])
+                self.note(source, batchdata["status"][i], batchdata["reason"][i], batchdata["traceback"][i])
             return engine.state.output
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -216,12 +183,12 @@ class CineEvaluator(SupervisedEvaluator):
                 super()._iteration(engine, batchdata)  # prepare_batch, inferer, decollate (MODEL_COMPLETED)
         except Exception as e:
             for source in sources:
-                self._note(source, FAILED, failure_reason(e, source), traceback.format_exc())
+                self.note(source, FAILED, failure_reason(e, source), traceback.format_exc())
             self._free_memory(e)
             engine.state.output = []
             return engine.state.output
         finally:
-            self._log_warnings(", ".join(sources), _warning_lines(caught))
+            self.log_warnings(", ".join(sources), warning_lines(caught))
         for i, (item, output) in enumerate(zip(engine.state.batch, engine.state.output)):
             item.update({key: values[i] for key, values in carried.items()})
             self._write(str(item.get("source", sources[min(i, len(sources) - 1)])), item, output)
@@ -234,74 +201,36 @@ class CineEvaluator(SupervisedEvaluator):
             self._finish(result)
 
     def _finish(self, result: WriteResult) -> None:
-        self._log_warnings(result.source, result.warnings)
+        self.log_warnings(result.source, result.warnings)
         if result.ok:
-            self._note(result.source, SEGMENTED, verdict=result.verdict)
+            self.note(result.source, SEGMENTED, verdict=result.verdict)
         else:
-            self._note(result.source, FAILED, result.reason, result.trace)
-
-    @staticmethod
-    def _log_warnings(source: str, lines: Sequence[str]) -> None:
-        for line in lines:
-            file_logger.warning("warning: %s: %s", source, line)
+            self.note(result.source, FAILED, result.reason, result.trace)
 
     @staticmethod
     def _free_memory(error: BaseException) -> None:
         if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _note(self, source: str, status: str, reason: str = "", trace: str = "", verdict: str = "") -> None:
-        self.records.append({"file": str(source), "status": status, "reason": reason, "verdict": verdict})
-        if status == FAILED:
-            logger.error("failed: %s: %s", source, reason)
-            if trace:
-                file_logger.error("traceback of %s:\n%s", source, trace.rstrip())
-        else:
-            file_logger.info("%s: %s%s", status, source, f": {reason}" if reason else "")
-
     # ------------------------------------------------------------------------------------------------ run
     def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]
         """Segment this process's share of the inputs, then merge the records of all processes (see the class)."""
-        self.records = []
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.output_dir / (LOG_FILE if rank == 0 else f"inference.rank{rank}.log")
-        handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-        root = logging.getLogger()
-        root.addHandler(handler)
-        file_logger.addHandler(handler)
-        try:
-            # DataLoader workers and writers start (fork) inside: they inherit the log file and the libraries' routing
-            with _library_logs_to(handler):
-                file_logger.info("inference started: %d inputs for this process", self.state.epoch_length or 0)
+        # DataLoader workers and writers start (fork) inside: they inherit the log file and the libraries' routing
+        with self.logged(LOG_NAME) as log_path:
+            file_logger.info("inference started: %d inputs for this process", self.state.epoch_length or 0)
+            try:
                 with WriterPool(self.postprocessing, self.writers) as self._pool:
                     super().run(global_epoch)
                     for result in self._pool.drain():
                         self._finish(result)
+            finally:
                 self._pool = None
-            self.summary = self._summarize(rank)
-        finally:
-            self._pool = None
-            root.removeHandler(handler)
-            file_logger.removeHandler(handler)
-            handler.close()
+            self.summary = self._summarize(log_path)
 
-    def _summarize(self, rank: int) -> dict[str, Any]:
-        records = self.records
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
+    def _summarize(self, log_path: Path) -> dict[str, Any]:
+        records, csv_path = self.gather_records()
         counts = Counter(r["status"] for r in records)
         verdicts = Counter(r.get("verdict") or "" for r in records if r["status"] == SEGMENTED)
-        failures = sorted((r["file"], r["reason"]) for r in records if r["status"] == FAILED)
-        csv_path = self.output_dir / FAILURES_CSV
-        if rank == 0:
-            with atomic_paths(csv_path) as (tmp,), open(tmp, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["file", "reason"])
-                writer.writerows(failures)
         summary = {
             SEGMENTED: counts[SEGMENTED],
             FAILED: counts[FAILED],
@@ -310,9 +239,9 @@ class CineEvaluator(SupervisedEvaluator):
             "verdicts": {v: verdicts[v] for v in VERDICTS},
             "output_dir": str(self.output_dir),
             "failures_csv": str(csv_path),
-            "log": str(self.output_dir / LOG_FILE),
+            "log": str(self.output_dir / f"{LOG_NAME}.log"),
         }
-        if rank == 0:
+        if rank() == 0:
             ignored = f", {counts[IGNORED]} ignored (not cines, listed in the log)" if counts[IGNORED] else ""
             judged = ", ".join(f"{verdicts[v]} {v}" for v in VERDICTS)
             judged = f"; verdicts of the segmented: {judged}" if sum(verdicts[v] for v in VERDICTS) else ""
@@ -323,8 +252,3 @@ class CineEvaluator(SupervisedEvaluator):
             )
             (logger.warning if counts[FAILED] else logger.info)(line)
         return summary
-
-    def exit_on_failure(self) -> None:
-        """Exit with status 1 (``SystemExit``, no traceback) if any input failed in any process; else do nothing."""
-        if self.summary is not None and self.summary[FAILED]:
-            raise SystemExit(1)
