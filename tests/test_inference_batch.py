@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -138,6 +139,37 @@ def test_a_writer_failure_is_that_cines_failure_named_and_the_others_are_written
     assert "3 segmented, 1 failed" in _summary_line(result.stdout)
     assert all(is_complete(out, stem) for stem in ("good", "study2/IM0001", "clip"))
     assert f"traceback of {failed}" in (out / "inference.log").read_text()
+
+
+def _same_numbers(a: object, b: object) -> bool:
+    """``a == b`` for JSON values, floats within 1e-5."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= 1e-5
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_numbers(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_numbers(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_streams_step_cines_together_with_the_labels_of_one_by_one(models, tmp_path) -> None:
+    """``--streams 3``: cines of different lengths and input sizes join and leave the stepper; same outputs."""
+    data = tmp_path / "cines"
+    _write_good_cines(data)
+    save_nifti_hwt(phantom(56, 44, 9, seed=5)[0], data / "long.nii.gz")
+    save_nifti_hwt(phantom(36, 52, 2, seed=8)[0], data / "short.nii.gz")
+    runs = {}
+    for streams in (1, 3):
+        out = tmp_path / f"out{streams}"
+        result = _run(_command(data, out, models, "--streams", str(streams)))
+        assert result.returncode == 0 and "6 segmented, 0 failed" in _summary_line(result.stdout), result.stdout[-3000:]
+        runs[streams] = out
+    for stem in (*GOOD_STEMS, "long", "short"):
+        one, many = (np.asarray(nib.load(runs[n] / f"{stem}_seg.nii.gz").dataobj) for n in (1, 3))
+        assert one.shape == many.shape and np.array_equal(one, many), stem
+        # the numbers too; the network's confidence (softmax of batched logits) to float rounding
+        first, second = (json.loads((runs[n] / f"{stem}_seg.json").read_text()) for n in (1, 3))
+        assert _same_numbers(first, second), stem
 
 
 def test_the_writer_takes_the_input_decoded_once(tmp_path, monkeypatch) -> None:

@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import Dataset, list_data_collate
+from monai.data import Dataset, decollate_batch, list_data_collate
 from monai.engines import SupervisedEvaluator
+from monai.utils import CommonKeys
 
+from scripts.cine_streams import CineStreams, FinishedCine
 from scripts.console import failure_reason
 from scripts.data.errors import EchoDataError
 from scripts.data.video_io import SOURCE_KEY
@@ -143,6 +145,11 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
             ``evaluator#postprocessing`` property).
         writers: writer processes (``inference.json``: ``writers``, default from the cores); 0 writes each cine in
             this process before the next one is segmented.
+        streams: cines stepped together (``inference.json``: ``streams``): above 1, each cine joins a
+            :class:`scripts.cine_streams.CineStreams` of that many slots (the inferer's precision and backend) and is
+            written when its last frame is done; an iteration then hands the writers the cines that finished during
+            it, and the rest are drained at the end. Cines with a user's corrections, and networks without GDKVM's
+            fixed-size state, are segmented one by one as with 1.
         Other arguments: as ``monai.engines.SupervisedEvaluator``.
     """
 
@@ -154,6 +161,7 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
         output_dir: str | Path,
         postprocessing: Callable | None = None,
         writers: int = 0,
+        streams: int = 1,
         **kwargs: Any,
     ) -> None:
         kwargs["decollate"] = True
@@ -165,6 +173,10 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
         self.records: list[dict[str, str]] = []
         self.summary: dict[str, Any] | None = None
         self._pool: WriterPool | None = None
+        if int(streams) < 1:
+            raise ValueError(f"streams must be at least 1, got {streams}")
+        self.streams = int(streams)
+        self._cines: CineStreams | None = None
 
     # ------------------------------------------------------------------------------------------------ iteration
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> Any:
@@ -176,6 +188,9 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
         if "status" in batchdata:  # records of CineDataset: nothing to segment
             for i, source in enumerate(sources):
                 self.note(source, batchdata["status"][i], batchdata["reason"][i], batchdata["traceback"][i])
+            return engine.state.output
+        if self._streamed(batchdata):
+            self._add_to_streams(engine, batchdata, carried, sources)
             return engine.state.output
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -193,6 +208,73 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
             item.update({key: values[i] for key, values in carried.items()})
             self._write(str(item.get("source", sources[min(i, len(sources) - 1)])), item, output)
         return engine.state.output
+
+    # ------------------------------------------------------------------------------------------------ streams
+    def _streamed(self, batchdata: Mapping[str, Any]) -> bool:
+        """Whether this cine goes through the many-cine stepper (see ``streams``)."""
+        if self.streams == 1 or "corrections" in batchdata:
+            return False
+        if self._cines is None:
+            try:
+                precision, backend = (
+                    getattr(self.inferer, "precision", "float32"),
+                    getattr(self.inferer, "backend", "auto"),
+                )
+                self._cines = CineStreams(self.network, self.streams, precision=precision, backend=backend)
+            except TypeError:  # no fixed-size state: one by one
+                self.streams = 1
+                return False
+        return True
+
+    def _add_to_streams(
+        self, engine: SupervisedEvaluator, batchdata: dict[str, Any], carried: dict[str, list], sources: list[str]
+    ) -> None:
+        """Start one cine in the many-cine stepper; write the cines that finish meanwhile."""
+        assert self._cines is not None
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                inputs = self.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[0]
+                if inputs.shape[0] != 1:
+                    raise ValueError(f"streams need one cine per batch, got a batch of {inputs.shape[0]}")
+                with self.mode(self.network):  # eval mode and no gradients, as SupervisedEvaluator steps
+                    finished = self._cines.add(sources[0], inputs[0], (batchdata, carried))
+        except Exception as e:
+            self._streams_failed(e, sources)
+            return
+        finally:
+            self.log_warnings(sources[0], warning_lines(caught))
+        self._write_finished(finished)
+
+    def _drain_streams(self) -> None:
+        """Step the cines still in the many-cine stepper to their ends and write them."""
+        if self._cines is None or not self._cines.pending:
+            return
+        try:
+            with self.mode(self.network):
+                finished = self._cines.drain()
+        except Exception as e:
+            self._streams_failed(e, [])
+            return
+        self._write_finished(finished)
+
+    def _streams_failed(self, error: Exception, sources: list[str]) -> None:
+        """A step failed: every cine in the stepper (and ``sources``) failed with it."""
+        assert self._cines is not None
+        for source in dict.fromkeys([*sources, *map(str, self._cines.abandon())]):
+            self.note(source, FAILED, failure_reason(error, source), traceback.format_exc())
+        self._free_memory(error)
+
+    def _write_finished(self, finished: list[FinishedCine]) -> None:
+        """Hand finished cines to the writers, as ``SupervisedEvaluator`` decollates one: ``{**item, **output}``."""
+        for cine in finished:
+            batchdata, carried = cine.payload
+            output = {CommonKeys.IMAGE: batchdata["image"], CommonKeys.LABEL: None, CommonKeys.PRED: cine.logits[None]}
+            items = decollate_batch(batchdata, detach=True)
+            outputs = decollate_batch(output, detach=True)
+            for i, (item, out) in enumerate(zip(items, outputs)):
+                item.update({key: values[i] for key, values in carried.items()})
+                self._write(str(cine.key), item, out)
 
     def _write(self, source: str, item: dict, output: Any) -> None:
         """Hand one segmented cine to the writers; note the cines whose writing finished meanwhile."""
@@ -221,10 +303,11 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
             try:
                 with WriterPool(self.postprocessing, self.writers) as self._pool:
                     super().run(global_epoch)
+                    self._drain_streams()
                     for result in self._pool.drain():
                         self._finish(result)
             finally:
-                self._pool = None
+                self._pool, self._cines = None, None
             self.summary = self._summarize(log_path)
 
     def _summarize(self, log_path: Path) -> dict[str, Any]:
