@@ -5,10 +5,13 @@ frames as scanners write them, see ``bench/archive_data.py``) it times, in this 
 
 - ``network alone``: the configured network and inferer (``inference.json``'s ``network`` and ``inferer``, the
   checkpoint loaded) on every cine of the folder, preprocessed beforehand and read from memory (``[1, 1, h, w, T]``
-  at the trained size), under ``torch.no_grad``: what the pipeline's network costs;
+  at the trained size), under ``torch.no_grad``: what the pipeline's network costs; for each ``--streams N`` above
+  1, the same cines stepped ``N`` at a time through :class:`scripts.cine_streams.CineStreams` (the inferer's
+  precision and backend), what ``run inferring --streams N`` steps;
 - ``python -m monai.bundle run inferring --config_file bundle/configs/inference.json`` on the folder, in a fresh
   process and a fresh output folder: with the defaults, with ``--write_overlays False``, and for each
-  ``--extra "<label>=<overrides>"`` (for example ``--extra "in turn=--writers 0 --num_workers 0"``);
+  ``--extra "<label>=<overrides>"`` (for example ``--extra "in turn=--writers 0 --num_workers 0"``), and for each
+  ``--streams N`` above 1 both again with ``--streams N`` (compared with the network alone at ``N``);
 - with ``--baseline REV``, the same commands from the bundle of git revision ``REV`` (``git archive`` into the work
   folder, this checkpoint): the pipeline before a change, measured in the same run;
 - ``network alone`` again (the machine's load drifts: the ratios use the mean of the two).
@@ -20,6 +23,7 @@ line of ``inference.log`` (what an archive of thousands of cines sees); the proc
 Usage (from the repository root; ``make demo`` first, for the model and the synthetic set):
     .venv/bin/python bench/archive.py --nifti 30 --dicom 10 --baseline main
     .venv/bin/python bench/archive.py --nifti 6 --dicom 0          # a quick look
+    bench/gpu_archive.sh                                             # a GPU: --streams 1 8 32 (the device script)
 Writes ``results/bench_archive.json`` (or ``--out``) and prints a Markdown table.
 """
 
@@ -71,9 +75,12 @@ def run_command(root: Path, data: Path, out: Path, ckpt_dir: Path, extra: list[s
     return {"run_s": _log_seconds(out / "inference.log"), "wall_s": wall, "summary": summary[-1].split(" - ")[-1]}
 
 
-def network_alone(data: Path, ckpt_dir: Path) -> dict:
-    """The configured network and inferer on every cine of ``data``, preprocessed into memory first."""
+def network_alone(data: Path, ckpt_dir: Path, streams: int = 1) -> dict:
+    """The configured network and inferer on every cine of ``data``, preprocessed into memory first; ``streams``
+    above 1: the cines stepped that many at a time (``CineStreams``)."""
     from monai.bundle import ConfigParser
+
+    from scripts.cine_streams import CineStreams
 
     parser = ConfigParser()
     parser.read_config(REPO_ROOT / CONFIG)
@@ -87,10 +94,20 @@ def network_alone(data: Path, ckpt_dir: Path) -> dict:
     videos = [preprocessing(dict(item))["image"].as_tensor()[None].to(device) for item in cines]
     frames = sum(int(v.shape[-1]) for v in videos)
     with torch.no_grad():
-        inferer(videos[0][..., :4], network)  # warm-up
-        begin = time.perf_counter()
-        for video in videos:
-            inferer(video, network)
+        if streams == 1:
+            inferer(videos[0][..., :4], network)  # warm-up
+            begin = time.perf_counter()
+            for video in videos:
+                inferer(video, network)
+        else:
+            precision, backend = getattr(inferer, "precision", "float32"), getattr(inferer, "backend", "auto")
+            cines = CineStreams(network, streams, precision=precision, backend=backend)
+            cines.add("warm-up", videos[0][0, ..., :4])  # the engine's set-up (a CUDA graph capture)
+            cines.drain()
+            begin = time.perf_counter()
+            for i, video in enumerate(videos):
+                cines.add(i, video[0])
+            cines.drain()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - begin
@@ -110,31 +127,42 @@ def baseline_checkout(rev: str, work: Path) -> Path:
 
 def bench_folder(name: str, data: Path, args: argparse.Namespace, baseline: Path | None) -> list[dict]:
     """The rows of one input folder (see the module)."""
-    commands: list[tuple[str, Path, list[str]]] = [("run inferring (defaults)", REPO_ROOT, [])]
-    commands.append(("run inferring --write_overlays False", REPO_ROOT, ["--write_overlays", "False"]))
+    commands: list[tuple[str, Path, list[str], int]] = [("run inferring (defaults)", REPO_ROOT, [], 1)]
+    commands.append(("run inferring --write_overlays False", REPO_ROOT, ["--write_overlays", "False"], 1))
     for spec in args.extra:
         label, _, overrides = spec.partition("=")
-        commands.append((f"run inferring {label}", REPO_ROOT, shlex.split(overrides)))
+        commands.append((f"run inferring {label}", REPO_ROOT, shlex.split(overrides), 1))
+    for n in (n for n in args.streams if n > 1):
+        commands.append((f"run inferring --streams {n}", REPO_ROOT, ["--streams", str(n)], n))
+        no_pictures = ["--streams", str(n), "--write_overlays", "False"]
+        commands.append((f"run inferring --streams {n} --write_overlays False", REPO_ROOT, no_pictures, n))
     if baseline is not None:
-        commands.append((f"before ({args.baseline}): defaults", baseline, []))
-        commands.append((f"before ({args.baseline}): --write_overlays False", baseline, ["--write_overlays", "False"]))
-    first = network_alone(data, args.ckpt_dir)
-    print(f"{name}: network alone {first['fps']:.1f} frames/s ({first['frames']} frames)", flush=True)
+        commands.append((f"before ({args.baseline}): defaults", baseline, [], 1))
+        no_pictures = ["--write_overlays", "False"]
+        commands.append((f"before ({args.baseline}): --write_overlays False", baseline, no_pictures, 1))
+    first = {n: network_alone(data, args.ckpt_dir, n) for n in args.streams}
+    for n, alone in first.items():
+        print(f"{name}: network alone, {n} streams: {alone['fps']:.1f} frames/s ({alone['frames']} frames)", flush=True)
+    frames, cines = first[args.streams[0]]["frames"], first[args.streams[0]]["cines"]
     rows = []
-    for label, root, extra in commands:
+    for label, root, extra, n in commands:
         out = args.work / "out" / name / label.replace(" ", "_").replace("/", "")
         measured = run_command(root, data, out, args.ckpt_dir, extra)
-        measured["fps"] = first["frames"] / measured["run_s"]
-        rows.append({"inputs": name, "mode": label, "overrides": extra, **measured})
+        measured["fps"] = frames / measured["run_s"]
+        rows.append({"inputs": name, "mode": label, "streams": n, "overrides": extra, **measured})
         print(f"{name}: {label}: {measured['fps']:.1f} frames/s; {measured['summary']}", flush=True)
-    second = network_alone(data, args.ckpt_dir)
-    network_fps = (first["fps"] + second["fps"]) / 2
+    second = {n: network_alone(data, args.ckpt_dir, n) for n in args.streams}
+    network_fps = {n: (first[n]["fps"] + second[n]["fps"]) / 2 for n in args.streams}
     for row in rows:
-        row["ratio"] = row["fps"] / network_fps
-        row["frames"], row["cines"] = first["frames"], first["cines"]
-    alone = {"inputs": name, "mode": "network alone", "fps": network_fps, "ratio": 1.0, "frames": first["frames"]}
-    alone.update({"cines": first["cines"], "fps_before": first["fps"], "fps_after": second["fps"]})
-    return [alone, *rows]
+        row["ratio"] = row["fps"] / network_fps[row["streams"]]
+        row["frames"], row["cines"] = frames, cines
+    alone_rows = []
+    for n in args.streams:
+        label = "network alone" if n == 1 else f"network alone, {n} streams"
+        alone = {"inputs": name, "mode": label, "streams": n, "fps": network_fps[n], "ratio": 1.0, "frames": frames}
+        alone.update({"cines": cines, "fps_before": first[n]["fps"], "fps_after": second[n]["fps"]})
+        alone_rows.append(alone)
+    return [*alone_rows, *rows]
 
 
 def table(rows: list[dict]) -> str:
@@ -154,11 +182,13 @@ def main() -> None:
     parser.add_argument("--dicom", type=int, default=6, help="JPEG-baseline colour DICOM cines (0: none)")
     parser.add_argument("--dicom_frames", type=int, nargs=2, default=[30, 120])
     parser.add_argument("--ckpt_dir", type=Path, default=REPO_ROOT / "bundle" / "models")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1], help="cines stepped together (1 first)")
     parser.add_argument("--baseline", default=None, help="a git revision whose bundle is timed too (e.g. main)")
     parser.add_argument("--extra", action="append", default=[], help='more commands: "label=--overrides ..."')
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "results" / "archive")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_archive.json")
     args = parser.parse_args()
+    args.streams = sorted(set(args.streams) | {1})
     if not (args.ckpt_dir / "model.pt").is_file():
         raise SystemExit(f"archive bench: no {args.ckpt_dir / 'model.pt'} (make demo)")
     baseline = baseline_checkout(args.baseline, args.work) if args.baseline else None
@@ -167,14 +197,15 @@ def main() -> None:
         folders.append(("synthetic NIfTI", nifti_folder(args.work / "nifti", args.nifti)))
     if args.dicom:
         folders.append(("DICOM JPEG colour", dicom_folder(args.work / "dicom", args.dicom, tuple(args.dicom_frames))))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for name, data in folders:
         rows += bench_folder(name, data, args, baseline)
-        result = {"machine": machine_description("cpu"), "date": datetime.date.today().isoformat()}
+        result = {"machine": machine_description(device), "date": datetime.date.today().isoformat()}
         result.update({"cpu_count": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
-    print(f"\n{machine_description('cpu')}\n\n{table(rows)}\n\nsaved {args.out}")
+    print(f"\n{machine_description(device)}\n\n{table(rows)}\n\nsaved {args.out}")
 
 
 if __name__ == "__main__":
