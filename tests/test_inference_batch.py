@@ -193,6 +193,25 @@ def test_the_writer_takes_the_input_decoded_once(tmp_path, monkeypatch) -> None:
         assert Path(written[key]).read_text() == Path(expected[key]).read_text().replace("/first/", "/out/")
 
 
+def test_nifti_compression_level_is_the_users_and_the_labels_are_the_same(tmp_path) -> None:
+    image, label = phantom(64, 48, 6, seed=4)
+    path = tmp_path / "a.nii.gz"
+    save_nifti_hwt(image, path)
+    pred = torch.as_tensor((label == 1).astype(np.uint8)[None])
+    files = {
+        level: SaveCineResultd(
+            tmp_path / f"level{level}", clinical=False, overlay=False, nifti_compression=level
+        ).write(pred, path)["label"]
+        for level in (0, 9)
+    }
+    stored, smallest = (nib.load(files[level]) for level in (0, 9))
+    assert np.array_equal(np.asarray(stored.dataobj), np.asarray(smallest.dataobj))
+    assert np.allclose(stored.affine, smallest.affine)
+    assert Path(files[0]).stat().st_size > 2 * Path(files[9]).stat().st_size
+    with pytest.raises(ValueError, match="gzip level from 0 to 9"):
+        SaveCineResultd(tmp_path, nifti_compression=10)
+
+
 def test_rerun_skips_complete_outputs_redoes_partial_ones_and_overwrite_redoes_all(mixed, tmp_path) -> None:
     out = tmp_path / "out"
     shutil.copytree(mixed["out"], out)
