@@ -37,7 +37,17 @@ from scripts.console import failure_reason
 from scripts.data.errors import EchoDataError
 from scripts.data.video_io import SOURCE_KEY
 from scripts.inference import find_cines, is_complete, output_stem
-from scripts.records import FAILED, IGNORED, SEGMENTED, SKIPPED, RunRecords, file_logger, rank, warning_lines
+from scripts.records import (
+    FAILED,
+    IGNORED,
+    SEGMENTED,
+    SKIPPED,
+    WARNINGS_KEY,
+    RunRecords,
+    file_logger,
+    rank,
+    warning_lines,
+)
 from scripts.writer_pool import WriteResult, WriterPool, default_workers
 
 __all__ = ["CineDataset", "CineEvaluator", "cine_datalist", "collate_cines", "default_workers", "failure_reason"]
@@ -45,7 +55,6 @@ __all__ = ["CineDataset", "CineEvaluator", "cine_datalist", "collate_cines", "de
 logger = logging.getLogger(__name__)
 
 LOG_NAME = "inference"  # <output_dir>/inference.log
-WARNINGS_KEY = "read_warnings"  # CineDataset: the warnings raised while reading a cine, logged by the evaluator
 CARRIED_KEYS = (SOURCE_KEY, WARNINGS_KEY)  # passed by collate_cines as lists, past collation and decollation
 
 

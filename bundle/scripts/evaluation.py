@@ -22,7 +22,7 @@ import torch
 from monai.engines import SupervisedEvaluator
 
 from scripts.console import failure_reason
-from scripts.records import FAILED, RunRecords, file_logger, rank, warning_lines
+from scripts.records import FAILED, WARNINGS_KEY, RunRecords, file_logger, rank, warning_lines
 
 __all__ = ["EVALUATED", "CaseEvaluator"]
 
@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 EVALUATED = "evaluated"
 LOG_NAME = "evaluation"
-WARNINGS_KEY = "read_warnings"  # as scripts.batch.CineDataset sets it
 
 
 class CaseEvaluator(RunRecords, SupervisedEvaluator):

@@ -25,10 +25,21 @@ import torch.distributed as dist
 
 from scripts.clinical._io import atomic_paths
 
-__all__ = ["FAILED", "FAILURES_CSV", "IGNORED", "LIBRARY_LOGGERS", "SEGMENTED", "SKIPPED", "RunRecords", "file_logger"]
+__all__ = [
+    "FAILED",
+    "FAILURES_CSV",
+    "IGNORED",
+    "LIBRARY_LOGGERS",
+    "SEGMENTED",
+    "SKIPPED",
+    "WARNINGS_KEY",
+    "RunRecords",
+    "file_logger",
+]
 
 FAILED, SEGMENTED, SKIPPED, IGNORED = "failed", "segmented", "skipped", "ignored"
 FAILURES_CSV = "failures.csv"
+WARNINGS_KEY = "read_warnings"  # scripts.batch.CineDataset: the warnings raised while reading an input
 # loggers of the libraries that read and write the files: their records (pydicom logs a corrupt JPEG frame with its
 # traceback) go to the run's log file during a run, not to the console
 LIBRARY_LOGGERS = ("pydicom", "PIL", "nibabel", "matplotlib", "skimage", "cv2", "itk", "h5py", "highdicom")
