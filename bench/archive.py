@@ -14,11 +14,14 @@ frames as scanners write them, see ``bench/archive_data.py``) it times, in this 
   ``--streams N`` above 1 both again with ``--streams N`` (compared with the network alone at ``N``);
 - with ``--baseline REV``, the same commands from the bundle of git revision ``REV`` (``git archive`` into the work
   folder, this checkpoint): the pipeline before a change, measured in the same run;
-- ``network alone`` again (the machine's load drifts: the ratios use the mean of the two).
+- ``network alone`` again after each command (on the first cines, up to ``--network_frames`` frames): the machine's
+  load drifts, so each command's ratio uses the mean of the measurements just before and just after it.
 
 A command's frames/s is the folder's frames over its ``run`` time: from the ``inference started`` line to the summary
 line of ``inference.log`` (what an archive of thousands of cines sees); the process's wall time, with its start-up
-(imports, network, checkpoint; ~5-10 s), is given too. ``ratio`` = frames/s / the network alone's.
+(imports, network, checkpoint; ~5-10 s), is given too. ``ratio`` = frames/s / the network alone's around it.
+``--threads N`` runs the network with N torch threads here and in the commands (``OMP_NUM_THREADS``): on a CPU that
+other work shares, 2 threads on 2 cores spin against it and the network alone slows many times over.
 
 Usage (from the repository root; ``make demo`` first, for the model and the synthetic set):
     .venv/bin/python bench/archive.py --nifti 30 --dicom 10 --baseline main
@@ -61,13 +64,15 @@ def _log_seconds(log: Path) -> float:
     return (stamps["end"] - stamps["start"]).total_seconds()
 
 
-def run_command(root: Path, data: Path, out: Path, ckpt_dir: Path, extra: list[str]) -> dict:
-    """``run inferring`` from the checkout ``root`` on ``data`` into a fresh ``out``; its run and wall seconds."""
+def run_command(root: Path, data: Path, out: Path, ckpt_dir: Path, extra: list[str], threads: int | None) -> dict:
+    """``run inferring`` from the checkout ``root`` on ``data`` into a fresh ``out`` (``OMP_NUM_THREADS=threads``
+    when given); its run and wall seconds."""
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", CONFIG]
     command += ["--dataset_dir", str(data), "--output_dir", str(out), "--ckpt_dir", str(ckpt_dir), *extra]
     begin = time.perf_counter()
-    result = subprocess.run(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    result = subprocess.run(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - begin
     summary = [line for line in result.stdout.splitlines() if "inference: " in line and " segmented, " in line]
     if result.returncode != 0 or not summary:
@@ -75,43 +80,54 @@ def run_command(root: Path, data: Path, out: Path, ckpt_dir: Path, extra: list[s
     return {"run_s": _log_seconds(out / "inference.log"), "wall_s": wall, "summary": summary[-1].split(" - ")[-1]}
 
 
-def network_alone(data: Path, ckpt_dir: Path, streams: int = 1) -> dict:
-    """The configured network and inferer on every cine of ``data``, preprocessed into memory first; ``streams``
-    above 1: the cines stepped that many at a time (``CineStreams``)."""
-    from monai.bundle import ConfigParser
+class NetworkAlone:
+    """The configured network and inferer (``inference.json``, this checkpoint) and the cines of a folder,
+    preprocessed into memory once (``[1, 1, h, w, T]`` at the trained size)."""
 
-    from scripts.cine_streams import CineStreams
+    def __init__(self, data: Path, ckpt_dir: Path) -> None:
+        from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(REPO_ROOT / CONFIG)
-    parser.update({"bundle_root": str(REPO_ROOT / "bundle"), "ckpt_dir": str(ckpt_dir), "dataset_dir": str(data)})
-    network = parser.get_parsed_content("network").eval()
-    network.load_state_dict(torch.load(parser.get_parsed_content("checkpoint"), map_location="cpu"))
-    device = parser.get_parsed_content("device")
-    inferer, preprocessing = parser.get_parsed_content("inferer"), parser.get_parsed_content("preprocessing")
-    items = parser.get_parsed_content("dataset#data")
-    cines = [item for item in items if "ignored" not in item]
-    videos = [preprocessing(dict(item))["image"].as_tensor()[None].to(device) for item in cines]
-    frames = sum(int(v.shape[-1]) for v in videos)
-    with torch.no_grad():
-        if streams == 1:
-            inferer(videos[0][..., :4], network)  # warm-up
-            begin = time.perf_counter()
-            for video in videos:
-                inferer(video, network)
-        else:
-            precision, backend = getattr(inferer, "precision", "float32"), getattr(inferer, "backend", "auto")
-            cines = CineStreams(network, streams, precision=precision, backend=backend)
-            cines.add("warm-up", videos[0][0, ..., :4])  # the engine's set-up (a CUDA graph capture)
-            cines.drain()
-            begin = time.perf_counter()
-            for i, video in enumerate(videos):
-                cines.add(i, video[0])
-            cines.drain()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - begin
-    return {"cines": len(videos), "frames": frames, "seconds": seconds, "fps": frames / seconds}
+        parser = ConfigParser()
+        parser.read_config(REPO_ROOT / CONFIG)
+        parser.update({"bundle_root": str(REPO_ROOT / "bundle"), "ckpt_dir": str(ckpt_dir), "dataset_dir": str(data)})
+        self.network = parser.get_parsed_content("network").eval()
+        self.network.load_state_dict(torch.load(parser.get_parsed_content("checkpoint"), map_location="cpu"))
+        self.device = parser.get_parsed_content("device")
+        self.inferer, preprocessing = parser.get_parsed_content("inferer"), parser.get_parsed_content("preprocessing")
+        cines = [item for item in parser.get_parsed_content("dataset#data") if "ignored" not in item]
+        self.videos = [preprocessing(dict(c))["image"].as_tensor()[None].to(self.device) for c in cines]
+        self.frames = sum(int(v.shape[-1]) for v in self.videos)
+
+    def fps(self, streams: int = 1, max_frames: int | None = None) -> float:
+        """Frames/s of the network on the first cines holding ``max_frames`` frames (all without), one cine at a
+        time through the inferer, or ``streams`` at a time through ``CineStreams``."""
+        from scripts.cine_streams import CineStreams
+
+        videos, frames = [], 0
+        for video in self.videos:
+            if max_frames is not None and frames >= max_frames:
+                break
+            videos.append(video)
+            frames += int(video.shape[-1])
+        with torch.no_grad():
+            if streams == 1:
+                self.inferer(videos[0][..., :4], self.network)  # warm-up
+                begin = time.perf_counter()
+                for video in videos:
+                    self.inferer(video, self.network)
+            else:
+                inferer = self.inferer
+                precision, backend = getattr(inferer, "precision", "float32"), getattr(inferer, "backend", "auto")
+                cines = CineStreams(self.network, streams, precision=precision, backend=backend)
+                cines.add("warm-up", videos[0][0, ..., :4])  # the engine's set-up (a CUDA graph capture)
+                cines.drain()
+                begin = time.perf_counter()
+                for i, video in enumerate(videos):
+                    cines.add(i, video[0])
+                cines.drain()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return frames / (time.perf_counter() - begin)
 
 
 def baseline_checkout(rev: str, work: Path) -> Path:
@@ -140,39 +156,40 @@ def bench_folder(name: str, data: Path, args: argparse.Namespace, baseline: Path
         commands.append((f"before ({args.baseline}): defaults", baseline, [], 1))
         no_pictures = ["--write_overlays", "False"]
         commands.append((f"before ({args.baseline}): --write_overlays False", baseline, no_pictures, 1))
-    first = {n: network_alone(data, args.ckpt_dir, n) for n in args.streams}
-    for n, alone in first.items():
-        print(f"{name}: network alone, {n} streams: {alone['fps']:.1f} frames/s ({alone['frames']} frames)", flush=True)
-    frames, cines = first[args.streams[0]]["frames"], first[args.streams[0]]["cines"]
+    alone = NetworkAlone(data, args.ckpt_dir)
+    frames, cines = alone.frames, len(alone.videos)
+    measured_fps: dict[int, list[float]] = {n: [alone.fps(n, args.network_frames)] for n in args.streams}
+    print(f"{name}: network alone {measured_fps[1][0]:.1f} frames/s ({frames} frames in {cines} cines)", flush=True)
     rows = []
     for label, root, extra, n in commands:
         out = args.work / "out" / name / label.replace(" ", "_").replace("/", "")
-        measured = run_command(root, data, out, args.ckpt_dir, extra)
-        measured["fps"] = frames / measured["run_s"]
-        rows.append({"inputs": name, "mode": label, "streams": n, "overrides": extra, **measured})
-        print(f"{name}: {label}: {measured['fps']:.1f} frames/s; {measured['summary']}", flush=True)
-    second = {n: network_alone(data, args.ckpt_dir, n) for n in args.streams}
-    network_fps = {n: (first[n]["fps"] + second[n]["fps"]) / 2 for n in args.streams}
-    for row in rows:
-        row["ratio"] = row["fps"] / network_fps[row["streams"]]
-        row["frames"], row["cines"] = frames, cines
+        measured = run_command(root, data, out, args.ckpt_dir, extra, args.threads)
+        before, after = measured_fps[n][-1], alone.fps(n, args.network_frames)
+        measured_fps[n].append(after)
+        fps = frames / measured["run_s"]
+        row = {"inputs": name, "mode": label, "streams": n, "overrides": extra, **measured, "fps": fps}
+        row.update({"network_fps": (before + after) / 2, "ratio": fps / ((before + after) / 2)})
+        rows.append({**row, "frames": frames, "cines": cines})
+        print(f"{name}: {label}: {fps:.1f} frames/s, {row['ratio']:.2f} of the network around it", flush=True)
     alone_rows = []
     for n in args.streams:
         label = "network alone" if n == 1 else f"network alone, {n} streams"
-        alone = {"inputs": name, "mode": label, "streams": n, "fps": network_fps[n], "ratio": 1.0, "frames": frames}
-        alone.update({"cines": cines, "fps_before": first[n]["fps"], "fps_after": second[n]["fps"]})
-        alone_rows.append(alone)
+        mean = sum(measured_fps[n]) / len(measured_fps[n])
+        alone_rows.append({"inputs": name, "mode": label, "streams": n, "fps": mean, "ratio": 1.0, "frames": frames,
+                           "cines": cines, "fps_measured": measured_fps[n]})  # fmt: skip
     return [*alone_rows, *rows]
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| inputs | mode | cines | frames | run (s) | wall (s) | frames/s | ratio to the network |"]
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    head = "| inputs | mode | cines | frames | run (s) | wall (s) | frames/s | network around it | ratio to the network"
+    head += " |"
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         run = f"{r['run_s']:.1f}" if "run_s" in r else f"{r['frames'] / r['fps']:.1f}"
         wall = f"{r['wall_s']:.1f}" if "wall_s" in r else ""
-        cells = [r["inputs"], r["mode"], r["cines"], r["frames"], run, wall, f"{r['fps']:.1f}", f"{r['ratio']:.2f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        around = f"{r['network_fps']:.1f}" if "network_fps" in r else ""
+        cells = [r["inputs"], r["mode"], r["cines"], r["frames"], run, wall, f"{r['fps']:.1f}", around]
+        lines.append("| " + " | ".join(str(c) for c in [*cells, f"{r['ratio']:.2f}"]) + " |")
     return "\n".join(lines)
 
 
@@ -183,12 +200,16 @@ def main() -> None:
     parser.add_argument("--dicom_frames", type=int, nargs=2, default=[30, 120])
     parser.add_argument("--ckpt_dir", type=Path, default=REPO_ROOT / "bundle" / "models")
     parser.add_argument("--streams", type=int, nargs="+", default=[1], help="cines stepped together (1 first)")
+    parser.add_argument("--network_frames", type=int, default=400, help="frames of each network-alone measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads here and in the commands")
     parser.add_argument("--baseline", default=None, help="a git revision whose bundle is timed too (e.g. main)")
     parser.add_argument("--extra", action="append", default=[], help='more commands: "label=--overrides ..."')
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "results" / "archive")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_archive.json")
     args = parser.parse_args()
     args.streams = sorted(set(args.streams) | {1})
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not (args.ckpt_dir / "model.pt").is_file():
         raise SystemExit(f"archive bench: no {args.ckpt_dir / 'model.pt'} (make demo)")
     baseline = baseline_checkout(args.baseline, args.work) if args.baseline else None
