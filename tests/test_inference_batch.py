@@ -212,6 +212,17 @@ def test_nifti_compression_level_is_the_users_and_the_labels_are_the_same(tmp_pa
         SaveCineResultd(tmp_path, nifti_compression=10)
 
 
+def test_the_network_gets_the_cores_the_readers_and_writers_leave(monkeypatch) -> None:
+    from scripts.writer_pool import default_workers, network_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [default_workers(n) for n in (1, 2, 4, 16, 64)] == [1, 1, 2, 4, 4]
+    assert network_threads(1, 1, cpu_count=2) == 1 and network_threads(4, 4, cpu_count=16) == 8
+    assert network_threads(0, 0, cpu_count=2) == 2 and network_threads(4, 4, cpu_count=4) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
+    assert network_threads(1, 1, cpu_count=2) == 3
+
+
 def test_rerun_skips_complete_outputs_redoes_partial_ones_and_overwrite_redoes_all(mixed, tmp_path) -> None:
     out = tmp_path / "out"
     shutil.copytree(mixed["out"], out)

@@ -32,7 +32,7 @@ from monai.engines.utils import engine_apply_transform
 from scripts.console import failure_reason
 from scripts.inference import VERDICT_SUFFIX
 
-__all__ = ["WriteResult", "WriterPool", "default_workers"]
+__all__ = ["WriteResult", "WriterPool", "default_workers", "network_threads"]
 
 _TRANSFORM: Callable | None = None  # the postprocessing, in each writer process (set by _start_writer)
 
@@ -40,6 +40,18 @@ _TRANSFORM: Callable | None = None  # the postprocessing, in each writer process
 def default_workers(cpu_count: int | None = None) -> int:
     """Processes for reading or for writing by default: half the logical CPUs, between 1 and 4."""
     return max(1, min(4, (cpu_count or os.cpu_count() or 2) // 2))
+
+
+def network_threads(num_workers: int, writers: int, cpu_count: int | None = None) -> int:
+    """Torch CPU threads for the network's process beside ``num_workers`` readers and ``writers`` writers: the
+    logical CPUs they leave (at least 1), or ``OMP_NUM_THREADS`` when the user set it.
+
+    Torch's OpenMP threads spin at their barriers: two of them on a 2-core machine whose other core a reader or a
+    writer is using made the whole run twice as slow as one thread (``docs/benchmarks.md``, "Archive inference").
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, (cpu_count or os.cpu_count() or 1) - max(0, int(num_workers)) - max(0, int(writers)))
 
 
 @dataclass
