@@ -164,6 +164,8 @@ def test_streams_step_cines_together_with_the_labels_of_one_by_one(models, tmp_p
         result = _run(_command(data, out, models, "--streams", str(streams)))
         assert result.returncode == 0 and "6 segmented, 0 failed" in _summary_line(result.stdout), result.stdout[-3000:]
         runs[streams] = out
+    assert "streaming engine: eager per-frame step" in (runs[3] / "inference.log").read_text()  # 3 slots of 64x64
+    assert "; 3 x 64x64, float32" in (runs[3] / "inference.log").read_text()
     for stem in (*GOOD_STEMS, "long", "short"):
         one, many = (np.asarray(nib.load(runs[n] / f"{stem}_seg.nii.gz").dataobj) for n in (1, 3))
         assert one.shape == many.shape and np.array_equal(one, many), stem
