@@ -284,6 +284,7 @@ def write_bad_cines(folder: Path, H: int = 32, W: int = 40, T: int = 4) -> dict[
     rgb = np.stack([np.transpose(image, (1, 0, 2))] * 3, axis=-1)  # (x, y, t, 3)
     nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(case("rgb_4d_nifti", "rgb.nii.gz", "4-D image .* is not a cine")))
     case("text_as_avi", "text.avi", "not a readable video file").write_text("plain text renamed .avi\n" * 20)
+    write_corrupt_jpeg_frame(case("corrupt_jpeg_frame", "corruptframe.dcm", "cannot decode pixel data"), frames)
     return cases
 
 
@@ -326,3 +327,19 @@ def annotate_as_slicer(
     label.CopyInformation(image)
     itk.imwrite(label, str(out), True)
     return drawing
+
+
+def write_corrupt_jpeg_frame(path: Path, frames_THW: np.ndarray, frame: int = 2) -> Path:
+    """A colour JPEG-baseline DICOM cine whose frame ``frame`` is cut to a third, as a damaged transfer leaves it
+    (pydicom logs the decoder's traceback when it cannot decode the frame)."""
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    rgb = np.repeat(np.asarray(frames_THW, dtype=np.uint8)[..., None], 3, axis=-1)
+    write_dicom(path, rgb, kind="jpeg")
+    ds = pydicom.dcmread(path)
+    encoded = list(generate_frames(ds.PixelData, number_of_frames=len(rgb)))
+    encoded[frame] = encoded[frame][: len(encoded[frame]) // 3]
+    ds.PixelData = encapsulate(encoded)
+    ds.save_as(path)
+    return path

@@ -47,6 +47,22 @@ def test_dicom_jpeg_baseline_ybr(tmp_path, frames):
     assert np.abs(image - np.moveaxis(frames, 0, -1) / 255.0).mean() < 0.03  # lossy
 
 
+def test_ybr_conversion_by_table_is_pydicoms_own(tmp_path, frames):
+    """The colour cines decode to exactly pydicom's RGB (its float32 conversion, done once per (Y, Cb, Cr))."""
+    import pydicom
+    from pydicom import examples, pixels
+
+    from scripts.data.video_io import _decode_dicom
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (*frames.shape, 3), dtype=np.uint8)  # saturated colours: clipping at 0 and 255
+    colour[..., 0] = frames
+    for path in (write_dicom(tmp_path / "colour.dcm", colour, "jpeg"), examples.get_path("ybr_color")):
+        ds = pydicom.dcmread(path)
+        assert str(ds.PhotometricInterpretation) == "YBR_FULL_422"
+        assert np.array_equal(_decode_dicom(ds), pixels.pixel_array(ds)), path
+
+
 def test_pydicom_real_a4c_sample():
     from pydicom import examples
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -29,7 +30,7 @@ GOOD_STEMS = ("good", "study1/IM0001", "study2/IM0001", "clip")  # outputs mirro
 BAD_CASES = (
     "truncated_nifti", "corrupt_nifti", "zero_byte_dicom", "non_dicom_dcm", "dicom_without_pixels",
     "frames_more_than_data", "frames_less_than_data", "one_frame_dicom", "one_frame_nifti", "nan_inf",
-    "rgb_4d_nifti", "text_as_avi",
+    "rgb_4d_nifti", "text_as_avi", "corrupt_jpeg_frame",
 )  # fmt: skip
 
 
@@ -106,6 +107,8 @@ def test_mixed_folder_segments_every_good_cine_and_reports_the_bad_ones(mixed) -
     assert str(out / "failures.csv") in line and str(out / "inference.log") in line
     log = (out / "inference.log").read_text()
     assert "Traceback" in log  # the full tracebacks are in the log file, not on the console
+    # what pydicom logs of the damaged JPEG frame (with the decoder's traceback) is in the log too, not on the console
+    assert "pydicom.pixels.decoders.base - WARNING - The decoding plugin 'pillow' failed to decode the frame" in log
     assert f"ignored: {mixed['data'] / 'bad' / 'thumbnail.png'}: not a cine" in log
     assert not any(out.rglob("*thumbnail*")) and not any(out.rglob(".*"))  # no output, no temporary file left
 
@@ -118,6 +121,108 @@ def test_bad_input_is_one_console_line_and_one_failure_row(mixed, case) -> None:
     lines = [line for line in mixed["result"].stdout.splitlines() if str(path) in line]
     assert len(lines) == 1, lines
     assert f"failed: {path}: {reason}" in lines[0]
+
+
+def test_a_writer_failure_is_that_cines_failure_named_and_the_others_are_written(models, tmp_path) -> None:
+    """Writing runs in writer processes: a cine whose outputs cannot be written is one line and one row."""
+    data, out = tmp_path / "cines", tmp_path / "out"
+    _write_good_cines(data)
+    out.mkdir()
+    (out / "study1").write_text("a file where the output folder study1/ should go")
+    result = _run(_command(data, out, models, "--writers", "2", "--num_workers", "2"))
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout[-3000:]
+    failed = data / "study1" / "IM0001.dcm"
+    assert list(_failures(out)) == [str(failed)] and "FileExistsError" in _failures(out)[str(failed)]
+    assert [line for line in result.stdout.splitlines() if str(failed) in line][0].endswith(
+        f"failed: {failed}: {_failures(out)[str(failed)]}"
+    )
+    assert "3 segmented, 1 failed" in _summary_line(result.stdout)
+    assert all(is_complete(out, stem) for stem in ("good", "study2/IM0001", "clip"))
+    assert f"traceback of {failed}" in (out / "inference.log").read_text()
+
+
+def _same_numbers(a: object, b: object) -> bool:
+    """``a == b`` for JSON values, floats within 1e-5."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= 1e-5
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_numbers(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_numbers(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_streams_step_cines_together_with_the_labels_of_one_by_one(models, tmp_path) -> None:
+    """``--streams 3``: cines of different lengths and input sizes join and leave the stepper; same outputs."""
+    data = tmp_path / "cines"
+    _write_good_cines(data)
+    save_nifti_hwt(phantom(56, 44, 9, seed=5)[0], data / "long.nii.gz")
+    save_nifti_hwt(phantom(36, 52, 2, seed=8)[0], data / "short.nii.gz")
+    runs = {}
+    for streams in (1, 3):
+        out = tmp_path / f"out{streams}"
+        result = _run(_command(data, out, models, "--streams", str(streams)))
+        assert result.returncode == 0 and "6 segmented, 0 failed" in _summary_line(result.stdout), result.stdout[-3000:]
+        runs[streams] = out
+    assert "streaming engine: eager per-frame step" in (runs[3] / "inference.log").read_text()  # 3 slots of 64x64
+    assert "; 3 x 64x64, float32" in (runs[3] / "inference.log").read_text()
+    for stem in (*GOOD_STEMS, "long", "short"):
+        one, many = (np.asarray(nib.load(runs[n] / f"{stem}_seg.nii.gz").dataobj) for n in (1, 3))
+        assert one.shape == many.shape and np.array_equal(one, many), stem
+        # the numbers too; the network's confidence (softmax of batched logits) to float rounding
+        first, second = (json.loads((runs[n] / f"{stem}_seg.json").read_text()) for n in (1, 3))
+        assert _same_numbers(first, second), stem
+
+
+def test_the_writer_takes_the_input_decoded_once(tmp_path, monkeypatch) -> None:
+    """The preprocessing keeps the decoded input (source_cine) and SaveCineResultd writes from it, not the file."""
+    import scripts.inference as inference
+    from scripts.data import LoadCined
+
+    image, label = phantom(40, 32, 5, seed=6)
+    path = tmp_path / "a.dcm"
+    write_dicom(path, np.moveaxis(image, -1, 0))
+    item = LoadCined("image", keep_source=True)({"image": str(path), "source": str(path)})
+    expected = SaveCineResultd(tmp_path / "first", overlay=False).write(torch.as_tensor(label[None] == 1), path)
+
+    def decode_again(*args, **kwargs):
+        raise AssertionError("the input was decoded a second time")
+
+    monkeypatch.setattr(inference, "load_cine", decode_again)
+    saver = SaveCineResultd(tmp_path / "out", overlay=False)
+    written = saver({**item, "pred": torch.as_tensor(label[None] == 1)})["pred_files"]
+    for key in ("summary", "csv"):
+        assert Path(written[key]).read_text() == Path(expected[key]).read_text().replace("/first/", "/out/")
+
+
+def test_nifti_compression_level_is_the_users_and_the_labels_are_the_same(tmp_path) -> None:
+    image, label = phantom(64, 48, 6, seed=4)
+    path = tmp_path / "a.nii.gz"
+    save_nifti_hwt(image, path)
+    pred = torch.as_tensor((label == 1).astype(np.uint8)[None])
+    files = {
+        level: SaveCineResultd(
+            tmp_path / f"level{level}", clinical=False, overlay=False, nifti_compression=level
+        ).write(pred, path)["label"]
+        for level in (0, 9)
+    }
+    stored, smallest = (nib.load(files[level]) for level in (0, 9))
+    assert np.array_equal(np.asarray(stored.dataobj), np.asarray(smallest.dataobj))
+    assert np.allclose(stored.affine, smallest.affine)
+    assert Path(files[0]).stat().st_size > 2 * Path(files[9]).stat().st_size
+    with pytest.raises(ValueError, match="gzip level from 0 to 9"):
+        SaveCineResultd(tmp_path, nifti_compression=10)
+
+
+def test_the_network_gets_the_cores_the_readers_and_writers_leave(monkeypatch) -> None:
+    from scripts.writer_pool import default_workers, network_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [default_workers(n) for n in (1, 2, 4, 16, 64)] == [1, 1, 2, 4, 4]
+    assert network_threads(1, 1, cpu_count=2) == 1 and network_threads(4, 4, cpu_count=16) == 8
+    assert network_threads(0, 0, cpu_count=2) == 2 and network_threads(4, 4, cpu_count=4) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
+    assert network_threads(1, 1, cpu_count=2) == 3
 
 
 def test_rerun_skips_complete_outputs_redoes_partial_ones_and_overwrite_redoes_all(mixed, tmp_path) -> None:
@@ -252,11 +357,11 @@ def test_interrupted_rewrite_leaves_no_summary_json(tmp_path, monkeypatch) -> No
     assert (tmp_path / "out" / "a_seg.nii.gz").is_file() and not list((tmp_path / "out").glob(".*"))
 
 
-def test_dataset_turns_failures_into_records_and_warnings_into_log_lines(tmp_path) -> None:
-    import logging
+def test_dataset_turns_failures_into_records_and_carries_its_warnings(tmp_path) -> None:
+    """Reading warnings travel with the item (a DataLoader worker has no log file); the evaluator logs them."""
     import warnings
 
-    from scripts.batch import CineDataset, file_logger
+    from scripts.batch import CineDataset
 
     def transform(item: dict) -> dict:
         warnings.warn(f"odd header in {item['image']}", UserWarning, stacklevel=1)
@@ -268,17 +373,12 @@ def test_dataset_turns_failures_into_records_and_warnings_into_log_lines(tmp_pat
 
     items = [{"image": "/d/good.dcm", "source": "/d/good.dcm"}, {"image": "/d/bad.dcm", "source": "/d/bad.dcm"},
              {"image": "/d/x.png", "source": "/d/x.png", "ignored": "not a cine"}]  # fmt: skip
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    file_logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a warning that reached the console would raise here
-            good, bad, png = (CineDataset(items, transform, tmp_path)[i] for i in range(3))
-    finally:
-        file_logger.removeHandler(handler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that reached the console would raise here
+        good, bad, png = (CineDataset(items, transform, tmp_path)[i] for i in range(3))
     assert good["loaded"] and "status" not in good
     assert bad["status"] == "failed" and bad["reason"] == "DICOM without pixel data" and "Traceback" in bad["traceback"]
     assert png["status"] == "ignored" and png["reason"] == "not a cine"
-    assert lines == [f"warning: /d/{n}.dcm: UserWarning: odd header in /d/{n}.dcm" for n in ("good", "bad")]
+    assert [good["read_warnings"], bad["read_warnings"]] == [
+        [f"UserWarning: odd header in /d/{n}.dcm"] for n in ("good", "bad")
+    ]

@@ -5,48 +5,57 @@
 - :class:`CineDataset` (a MONAI ``Dataset``) turns an input that is already done (its summary JSON exists), one that
   is not a cine, or one whose loading/preprocessing fails into a *record* ``{"source", "status", "reason"}`` instead
   of an image or an exception.
-- :class:`CineEvaluator` (a MONAI ``SupervisedEvaluator``) segments every image and runs the postprocessing (the file
-  writer) itself, inside a ``try``: a failure becomes one console line ``failed: <file>: <problem>`` and a row of
-  ``failures.csv``; the traceback goes to ``inference.log`` in the output folder only. At the end it gathers the
+- :class:`CineEvaluator` (a MONAI ``SupervisedEvaluator``) segments every image and hands the postprocessing (the
+  file writer) of each cine to a :class:`scripts.writer_pool.WriterPool` (``writers`` processes, bounded), which
+  never raises: a failure, reading or writing, becomes one console line ``failed: <file>: <problem>`` and a row of
+  ``failures.csv``; the traceback goes to ``inference.log`` in the output folder only, as do the warnings raised
+  while reading or writing a cine (one line each, naming the file, from DataLoader workers and writers alike) and
+  what libraries log (pydicom's traceback of a corrupt JPEG frame). At the end it waits for the writers, gathers the
   records of all processes (``torch.distributed``), writes ``failures.csv`` and logs one summary line;
   :meth:`CineEvaluator.exit_on_failure` (the config's ``finalize``) exits with status 1 if any input failed.
+- :func:`collate_cines` is the inference DataLoader's ``collate_fn``: it passes the decoded source
+  (``source_cine``) and the reading warnings past collation, so that the writer takes the input decoded once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import logging
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from monai.data import Dataset
+from monai.data import Dataset, decollate_batch, list_data_collate
 from monai.engines import SupervisedEvaluator
-from monai.engines.utils import engine_apply_transform
+from monai.utils import CommonKeys
 
-from scripts.clinical._io import atomic_paths
-from scripts.console import echo_data_error_in, exception_chain
+from scripts.cine_streams import CineStreams, FinishedCine
+from scripts.console import failure_reason
 from scripts.data.errors import EchoDataError
-from scripts.inference import VERDICT_SUFFIX, find_cines, is_complete, output_stem
+from scripts.data.video_io import SOURCE_KEY
+from scripts.inference import find_cines, is_complete, output_stem
+from scripts.records import (
+    FAILED,
+    IGNORED,
+    SEGMENTED,
+    SKIPPED,
+    WARNINGS_KEY,
+    RunRecords,
+    file_logger,
+    rank,
+    warning_lines,
+)
+from scripts.writer_pool import WriteResult, WriterPool, default_workers
 
-__all__ = ["CineDataset", "CineEvaluator", "cine_datalist", "failure_reason"]
+__all__ = ["CineDataset", "CineEvaluator", "cine_datalist", "collate_cines", "default_workers", "failure_reason"]
 
 logger = logging.getLogger(__name__)
-# file-only logger: tracebacks, warnings and one line per input, in the output folder's log (never on the console)
-file_logger = logging.getLogger(f"{__name__}.file")
-file_logger.propagate = False
-file_logger.setLevel(logging.INFO)
-file_logger.addHandler(logging.NullHandler())
 
-FAILED, SEGMENTED, SKIPPED, IGNORED = "failed", "segmented", "skipped", "ignored"
-FAILURES_CSV = "failures.csv"
-LOG_FILE = "inference.log"
+LOG_NAME = "inference"  # <output_dir>/inference.log
+CARRIED_KEYS = (SOURCE_KEY, WARNINGS_KEY)  # passed by collate_cines as lists, past collation and decollation
 
 
 def cine_datalist(
@@ -65,43 +74,20 @@ def cine_datalist(
         raise SystemExit(f"inference: {e}") from None
 
 
-def failure_reason(error: BaseException, source: str | Path) -> str:
-    """The problem of an input that failed, on one line (at most 1000 characters); its path shortened to the name.
-
-    The :class:`scripts.data.EchoDataError` inside MONAI's ``RuntimeError("applying transform ...")`` chain gives its
-    problem (with its file if that is not ``source``); any other error gives ``"<Type>: <message>"`` of the innermost
-    exception.
-    """
-    echo = echo_data_error_in(error)
-    if echo is not None:
-        text = echo.problem if Path(echo.path) == Path(source) else str(echo)
-    else:
-        root = exception_chain(error)[-1]
-        message = str(root).replace(str(source), Path(source).name)
-        text = f"{type(root).__name__}: {message}" if message.strip() else type(root).__name__
-    return " ".join(text.split())[:1000]
-
-
-@contextlib.contextmanager
-def _warnings_to_log(source: str | Path) -> Iterator[None]:
-    """Send the warnings raised for one input to the log file (one line each, naming the file), not the console."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        file_logger.warning("warning: %s: %s: %s", source, w.category.__name__, " ".join(str(w.message).split()))
-
-
 VERDICTS = ("ok", "review", "reject")  # scripts.clinical.quality's verdicts, counted in the run's summary
-
-
-def _verdict(item: Mapping[str, Any]) -> str:
-    """The verdict ``SaveCineResultd`` put into ``item`` (``d["<key>_verdict"]``; ``""`` without one)."""
-    return next((str(v) for k, v in item.items() if str(k).endswith(f"_{VERDICT_SUFFIX}")), "")
 
 
 def _record(source: str, status: str, reason: str, trace: str = "") -> dict[str, str]:
     return {"source": source, "status": status, "reason": reason, "traceback": trace}
+
+
+def collate_cines(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """MONAI's ``list_data_collate`` of ``items``, except :data:`CARRIED_KEYS` (the decoded source, the reading
+    warnings): each becomes the list of the items' values (``None`` where missing), untouched."""
+    carried = {key: [item.get(key) for item in items] for key in CARRIED_KEYS if any(key in i for i in items)}
+    batch = list_data_collate([{k: v for k, v in item.items() if k not in CARRIED_KEYS} for item in items])
+    batch.update(carried)
+    return batch
 
 
 class CineDataset(Dataset):
@@ -114,7 +100,9 @@ class CineDataset(Dataset):
     - ``"skipped"``: its outputs are complete (``<output_dir>/<output_stem>_seg.json`` exists) and not ``overwrite``;
     - ``"failed"``: loading or preprocessing raised (reason: the problem, see :func:`failure_reason`).
 
-    Use it with ``batch_size=1`` (cines differ in size, and a record does not collate with an image).
+    Either carries ``read_warnings``: the warnings raised while reading it (``"<Category>: <message>"``), for the
+    evaluator to log (a DataLoader worker has no log file). Use it with ``batch_size=1`` (cines differ in size, and a
+    record does not collate with an image) and :func:`collate_cines`.
     """
 
     def __init__(
@@ -136,31 +124,41 @@ class CineDataset(Dataset):
         stem = item.get("output_stem") or output_stem(source)
         if self.output_dir is not None and not self.overwrite and is_complete(self.output_dir, stem):
             return _record(source, SKIPPED, "already done")
-        in_worker = torch.utils.data.get_worker_info() is not None  # no log file in a worker: warnings stay
-        with contextlib.nullcontext() if in_worker else _warnings_to_log(source):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             try:
-                return super()._transform(index)
+                result = dict(super()._transform(index))
             except Exception as e:
-                return _record(source, FAILED, failure_reason(e, source), traceback.format_exc())
+                result = _record(source, FAILED, failure_reason(e, source), traceback.format_exc())
+        result[WARNINGS_KEY] = warning_lines(caught)
+        return result
 
 
-class CineEvaluator(SupervisedEvaluator):
+class CineEvaluator(RunRecords, SupervisedEvaluator):
     """A ``SupervisedEvaluator`` that segments every readable cine of a :class:`CineDataset` and records the rest.
 
     Each iteration gets one preprocessed cine ``image [B=1, 1, H, W, T]`` or a record of :class:`CineDataset`. The
-    network runs as in ``SupervisedEvaluator``; then ``postprocessing`` (``AsDiscreted`` and the file writer) runs
-    here, per decollated item, inside a ``try`` (it is *not* registered as MONAI's event handler, whose exception
-    would stop the run). A failure logs one line ``failed: <file>: <problem>`` (its traceback goes to the log file
-    only) and the run goes on.
+    network runs as in ``SupervisedEvaluator``; then ``postprocessing`` (``LVConfidenced``, ``AsDiscreted`` and the
+    file writer) of each decollated item goes to a :class:`scripts.writer_pool.WriterPool` of ``writers`` processes
+    (it is *not* registered as MONAI's event handler, whose exception would stop the run), and the network goes on
+    with the next cine. A failure, of the network or of a writer, logs one line ``failed: <file>: <problem>`` (its
+    traceback goes to the log file only) and the run goes on.
 
     ``run()`` writes ``<output_dir>/inference.log`` (``inference.rank<r>.log`` for ranks > 0 under
-    ``torch.distributed``), then gathers the records of all ranks, and rank 0 writes ``failures.csv`` (``file,
-    reason``) and logs the summary line. ``summary`` holds the merged counts on every rank.
+    ``torch.distributed``), waits for the writers, then gathers the records of all ranks, and rank 0 writes
+    ``failures.csv`` (``file, reason``) and logs the summary line. ``summary`` holds the merged counts on every rank.
 
     Args:
         output_dir: where the outputs, ``failures.csv`` and the log file go.
         postprocessing: transform applied to each decollated ``{**batch_item, **output_item}`` (keeps MONAI's
             ``evaluator#postprocessing`` property).
+        writers: writer processes (``inference.json``: ``writers``, default from the cores); 0 writes each cine in
+            this process before the next one is segmented.
+        streams: cines stepped together (``inference.json``: ``streams``): above 1, each cine joins a
+            :class:`scripts.cine_streams.CineStreams` of that many slots (the inferer's precision and backend) and is
+            written when its last frame is done; an iteration then hands the writers the cines that finished during
+            it, and the rest are drained at the end. Cines with a user's corrections, and networks without GDKVM's
+            fixed-size state, are segmented one by one as with 1.
         Other arguments: as ``monai.engines.SupervisedEvaluator``.
     """
 
@@ -171,98 +169,160 @@ class CineEvaluator(SupervisedEvaluator):
         network: torch.nn.Module,
         output_dir: str | Path,
         postprocessing: Callable | None = None,
+        writers: int = 0,
+        streams: int = 1,
         **kwargs: Any,
     ) -> None:
         kwargs["decollate"] = True
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, **kwargs)
         self.postprocessing = postprocessing
         self.output_dir = Path(output_dir)
+        self.writers = max(0, int(writers))
+        self.records_console = logger
         self.records: list[dict[str, str]] = []
         self.summary: dict[str, Any] | None = None
+        self._pool: WriterPool | None = None
+        if int(streams) < 1:
+            raise ValueError(f"streams must be at least 1, got {streams}")
+        self.streams = int(streams)
+        self._cines: CineStreams | None = None
 
     # ------------------------------------------------------------------------------------------------ iteration
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> Any:
-        if "status" in batchdata:  # records of CineDataset: nothing to segment
-            for i, source in enumerate(batchdata["source"]):
-                self._note(source, batchdata["status"][i], batchdata["reason"][i], batchdata["traceback"][i])
-            engine.state.output = []
-            return engine.state.output
+        carried = {key: batchdata.pop(key) for key in CARRIED_KEYS if key in batchdata}
         sources = [str(s) for s in batchdata.get("source", ["?"])]
+        for source, lines in zip(sources, carried.pop(WARNINGS_KEY, [])):
+            self.log_warnings(source, lines or [])
+        engine.state.output = []
+        if "status" in batchdata:  # records of CineDataset: nothing to segment
+            for i, source in enumerate(sources):
+                self.note(source, batchdata["status"][i], batchdata["reason"][i], batchdata["traceback"][i])
+            return engine.state.output
+        if self._streamed(batchdata):
+            self._add_to_streams(engine, batchdata, carried, sources)
+            return engine.state.output
         try:
-            with _warnings_to_log(", ".join(sources)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 super()._iteration(engine, batchdata)  # prepare_batch, inferer, decollate (MODEL_COMPLETED)
         except Exception as e:
             for source in sources:
-                self._note(source, FAILED, failure_reason(e, source), traceback.format_exc())
+                self.note(source, FAILED, failure_reason(e, source), traceback.format_exc())
             self._free_memory(e)
             engine.state.output = []
             return engine.state.output
+        finally:
+            self.log_warnings(", ".join(sources), warning_lines(caught))
         for i, (item, output) in enumerate(zip(engine.state.batch, engine.state.output)):
-            source = str(item.get("source", sources[min(i, len(sources) - 1)]))
-            try:
-                with _warnings_to_log(source):
-                    if self.postprocessing is not None:
-                        item, output = engine_apply_transform(item, output, self.postprocessing)
-            except Exception as e:
-                self._note(source, FAILED, failure_reason(e, source), traceback.format_exc())
-                self._free_memory(e)
-                continue
-            engine.state.batch[i], engine.state.output[i] = item, output
-            self._note(
-                source, SEGMENTED, verdict=_verdict(output if isinstance(output, Mapping) else {}) or _verdict(item)
-            )
+            item.update({key: values[i] for key, values in carried.items()})
+            self._write(str(item.get("source", sources[min(i, len(sources) - 1)])), item, output)
         return engine.state.output
+
+    # ------------------------------------------------------------------------------------------------ streams
+    def _streamed(self, batchdata: Mapping[str, Any]) -> bool:
+        """Whether this cine goes through the many-cine stepper (see ``streams``)."""
+        if self.streams == 1 or "corrections" in batchdata:
+            return False
+        if self._cines is None:
+            try:
+                precision, backend = (
+                    getattr(self.inferer, "precision", "float32"),
+                    getattr(self.inferer, "backend", "auto"),
+                )
+                self._cines = CineStreams(self.network, self.streams, precision=precision, backend=backend)
+            except TypeError:  # no fixed-size state: one by one
+                self.streams = 1
+                return False
+        return True
+
+    def _add_to_streams(
+        self, engine: SupervisedEvaluator, batchdata: dict[str, Any], carried: dict[str, list], sources: list[str]
+    ) -> None:
+        """Start one cine in the many-cine stepper; write the cines that finish meanwhile."""
+        assert self._cines is not None
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                inputs = self.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[0]
+                if inputs.shape[0] != 1:
+                    raise ValueError(f"streams need one cine per batch, got a batch of {inputs.shape[0]}")
+                with self.mode(self.network):  # eval mode and no gradients, as SupervisedEvaluator steps
+                    finished = self._cines.add(sources[0], inputs[0], (batchdata, carried))
+        except Exception as e:
+            self._streams_failed(e, sources)
+            return
+        finally:
+            self.log_warnings(sources[0], warning_lines(caught))
+        self._write_finished(finished)
+
+    def _drain_streams(self) -> None:
+        """Step the cines still in the many-cine stepper to their ends and write them."""
+        if self._cines is None or not self._cines.pending:
+            return
+        try:
+            with self.mode(self.network):
+                finished = self._cines.drain()
+        except Exception as e:
+            self._streams_failed(e, [])
+            return
+        self._write_finished(finished)
+
+    def _streams_failed(self, error: Exception, sources: list[str]) -> None:
+        """A step failed: every cine in the stepper (and ``sources``) failed with it."""
+        assert self._cines is not None
+        for source in dict.fromkeys([*sources, *map(str, self._cines.abandon())]):
+            self.note(source, FAILED, failure_reason(error, source), traceback.format_exc())
+        self._free_memory(error)
+
+    def _write_finished(self, finished: list[FinishedCine]) -> None:
+        """Hand finished cines to the writers, as ``SupervisedEvaluator`` decollates one: ``{**item, **output}``."""
+        for cine in finished:
+            batchdata, carried = cine.payload
+            output = {CommonKeys.IMAGE: batchdata["image"], CommonKeys.LABEL: None, CommonKeys.PRED: cine.logits[None]}
+            items = decollate_batch(batchdata, detach=True)
+            outputs = decollate_batch(output, detach=True)
+            for i, (item, out) in enumerate(zip(items, outputs)):
+                item.update({key: values[i] for key, values in carried.items()})
+                self._write(str(cine.key), item, out)
+
+    def _write(self, source: str, item: dict, output: Any) -> None:
+        """Hand one segmented cine to the writers; note the cines whose writing finished meanwhile."""
+        pool = self._pool if self._pool is not None else WriterPool(self.postprocessing, 0)
+        for result in pool.submit(source, item, output):
+            self._finish(result)
+
+    def _finish(self, result: WriteResult) -> None:
+        self.log_warnings(result.source, result.warnings)
+        if result.ok:
+            self.note(result.source, SEGMENTED, verdict=result.verdict)
+        else:
+            self.note(result.source, FAILED, result.reason, result.trace)
 
     @staticmethod
     def _free_memory(error: BaseException) -> None:
         if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _note(self, source: str, status: str, reason: str = "", trace: str = "", verdict: str = "") -> None:
-        self.records.append({"file": str(source), "status": status, "reason": reason, "verdict": verdict})
-        if status == FAILED:
-            logger.error("failed: %s: %s", source, reason)
-            if trace:
-                file_logger.error("traceback of %s:\n%s", source, trace.rstrip())
-        else:
-            file_logger.info("%s: %s%s", status, source, f": {reason}" if reason else "")
-
     # ------------------------------------------------------------------------------------------------ run
     def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]
         """Segment this process's share of the inputs, then merge the records of all processes (see the class)."""
-        self.records = []
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.output_dir / (LOG_FILE if rank == 0 else f"inference.rank{rank}.log")
-        handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-        root = logging.getLogger()
-        root.addHandler(handler)
-        file_logger.addHandler(handler)
-        try:
+        # DataLoader workers and writers start (fork) inside: they inherit the log file and the libraries' routing
+        with self.logged(LOG_NAME) as log_path:
             file_logger.info("inference started: %d inputs for this process", self.state.epoch_length or 0)
-            super().run(global_epoch)
-            self.summary = self._summarize(rank)
-        finally:
-            root.removeHandler(handler)
-            file_logger.removeHandler(handler)
-            handler.close()
+            try:
+                with WriterPool(self.postprocessing, self.writers) as self._pool:
+                    super().run(global_epoch)
+                    self._drain_streams()
+                    for result in self._pool.drain():
+                        self._finish(result)
+            finally:
+                self._pool, self._cines = None, None
+            self.summary = self._summarize(log_path)
 
-    def _summarize(self, rank: int) -> dict[str, Any]:
-        records = self.records
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
+    def _summarize(self, log_path: Path) -> dict[str, Any]:
+        records, csv_path = self.gather_records()
         counts = Counter(r["status"] for r in records)
         verdicts = Counter(r.get("verdict") or "" for r in records if r["status"] == SEGMENTED)
-        failures = sorted((r["file"], r["reason"]) for r in records if r["status"] == FAILED)
-        csv_path = self.output_dir / FAILURES_CSV
-        if rank == 0:
-            with atomic_paths(csv_path) as (tmp,), open(tmp, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["file", "reason"])
-                writer.writerows(failures)
         summary = {
             SEGMENTED: counts[SEGMENTED],
             FAILED: counts[FAILED],
@@ -271,9 +331,9 @@ class CineEvaluator(SupervisedEvaluator):
             "verdicts": {v: verdicts[v] for v in VERDICTS},
             "output_dir": str(self.output_dir),
             "failures_csv": str(csv_path),
-            "log": str(self.output_dir / LOG_FILE),
+            "log": str(self.output_dir / f"{LOG_NAME}.log"),
         }
-        if rank == 0:
+        if rank() == 0:
             ignored = f", {counts[IGNORED]} ignored (not cines, listed in the log)" if counts[IGNORED] else ""
             judged = ", ".join(f"{verdicts[v]} {v}" for v in VERDICTS)
             judged = f"; verdicts of the segmented: {judged}" if sum(verdicts[v] for v in VERDICTS) else ""
@@ -284,8 +344,3 @@ class CineEvaluator(SupervisedEvaluator):
             )
             (logger.warning if counts[FAILED] else logger.info)(line)
         return summary
-
-    def exit_on_failure(self) -> None:
-        """Exit with status 1 (``SystemExit``, no traceback) if any input failed in any process; else do nothing."""
-        if self.summary is not None and self.summary[FAILED]:
-            raise SystemExit(1)

@@ -18,11 +18,12 @@ import logging
 import os
 import sys
 import threading
+from pathlib import Path
 from types import TracebackType
 
 from scripts.data.errors import EchoDataError
 
-__all__ = ["echo_data_error_in", "exception_chain", "install_excepthook"]
+__all__ = ["echo_data_error_in", "exception_chain", "failure_reason", "install_excepthook"]
 
 
 def exception_chain(error: BaseException) -> list[BaseException]:
@@ -38,6 +39,23 @@ def exception_chain(error: BaseException) -> list[BaseException]:
 def echo_data_error_in(error: BaseException) -> EchoDataError | None:
     """The first :class:`EchoDataError` in ``error``'s chain of causes and contexts, or None."""
     return next((e for e in exception_chain(error) if isinstance(e, EchoDataError)), None)
+
+
+def failure_reason(error: BaseException, source: str | Path) -> str:
+    """The problem of an input that failed, on one line (at most 1000 characters); its path shortened to the name.
+
+    The :class:`scripts.data.EchoDataError` inside MONAI's ``RuntimeError("applying transform ...")`` chain gives its
+    problem (with its file if that is not ``source``); any other error gives ``"<Type>: <message>"`` of the innermost
+    exception.
+    """
+    echo = echo_data_error_in(error)
+    if echo is not None:
+        text = echo.problem if Path(echo.path) == Path(source) else str(echo)
+    else:
+        root = exception_chain(error)[-1]
+        message = str(root).replace(str(source), Path(source).name)
+        text = f"{type(root).__name__}: {message}" if message.strip() else type(root).__name__
+    return " ".join(text.split())[:1000]
 
 
 def _excepthook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:

@@ -5,6 +5,7 @@ a small JSON (frames, ED/ES, LV area per frame) and the clinical report (LV volu
 from __future__ import annotations
 
 import ast
+import gzip
 import json
 import logging
 import math
@@ -14,7 +15,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import MapTransform
@@ -22,7 +22,7 @@ from monai.transforms import MapTransform
 from scripts.clinical._io import atomic_paths, json_safe
 from scripts.corrections import put_drawn_frames
 from scripts.data.errors import EchoDataError
-from scripts.data.video_io import load_cine
+from scripts.data.video_io import SOURCE_KEY, DecodedCine, load_cine
 from scripts.geometry import (  # noqa: F401  (re-exported: scripts.inference.restore_labels etc. keep working)
     image_nifti_like_label,
     label_nifti_like_input,
@@ -167,7 +167,9 @@ class SaveCineResultd(MapTransform):
 
     Reads ``d["pred"]`` (``[1, h, w, T]`` labels at network resolution), the input path from ``d["source"]``
     (set by :func:`find_cines`) or the image's ``filename_or_obj`` and the output name from ``d["output_stem"]``
-    (default: the input's name without suffix); reloads the input to get its geometry; writes into ``output_dir``:
+    (default: the input's name without suffix); takes the input's pixels and geometry from ``d["source_cine"]``
+    (:class:`scripts.data.video_io.DecodedCine`, kept by ``LoadCined(keep_source=True)``), or decodes the input
+    again without it; writes into ``output_dir``:
 
     - ``<stem>_seg.nii.gz``: labels with the input's geometry (see :func:`label_nifti_like_input`);
     - with ``save_image=True``: ``<stem>_image.nii.gz``, the input image with exactly the label's geometry (see
@@ -182,8 +184,9 @@ class SaveCineResultd(MapTransform):
 
     Every file is written atomically and the JSON is removed first and written last, so that a present JSON means
     a complete output (:func:`is_complete`) even after an interrupted run. ``keep_aspect`` must match the
-    ``ResizeCined`` of the preprocessing (see :func:`restore_labels`). An input that fails raises an error that
-    names the file, and leaves no JSON.
+    ``ResizeCined`` of the preprocessing (see :func:`restore_labels`). ``nifti_compression``: the gzip level of the
+    NIfTI files (0 stored, 1 fastest, as nibabel's default, to 9 smallest). An input that fails raises an error
+    that names the file, and leaves no JSON.
     """
 
     def __init__(
@@ -198,8 +201,12 @@ class SaveCineResultd(MapTransform):
         save_image: bool = False,
         write_sr: bool = False,
         model_file: str | Path | None = None,
+        nifti_compression: int = 1,
     ) -> None:
         super().__init__(keys)
+        if not 0 <= int(nifti_compression) <= 9:
+            raise ValueError(f"nifti_compression must be a gzip level from 0 to 9, got {nifti_compression!r}")
+        self.nifti_compression = int(nifti_compression)
         self.write_sr = write_sr
         self.model_file = model_file
         self._model: dict[str, str] | None = None
@@ -228,9 +235,15 @@ class SaveCineResultd(MapTransform):
         source = d.get("source") or (image.meta["filename_or_obj"] if hasattr(image, "meta") else None)
         if not source:
             raise KeyError("SaveCineResultd needs the input path in 'source' or in the image's filename_or_obj")
+        decoded = d.get(SOURCE_KEY)
         for key in self.key_iterator(d):
             d[f"{key}_files"] = self.write(
-                d[key], source, d.get("output_stem"), d if "corrections_drawn" in d else None, d.get(CONFIDENCE_KEY)
+                d[key],
+                source,
+                d.get("output_stem"),
+                d if "corrections_drawn" in d else None,
+                d.get(CONFIDENCE_KEY),
+                decoded if isinstance(decoded, DecodedCine) else None,
             )
             d[f"{key}_{VERDICT_SUFFIX}"] = self.verdicts[str(source)]
         return d
@@ -242,9 +255,12 @@ class SaveCineResultd(MapTransform):
         stem: str | None = None,
         corrections: Mapping[Hashable, Any] | None = None,
         confidence: Sequence[float] | None = None,
+        decoded: DecodedCine | None = None,
     ) -> dict[str, str]:
         """Write the outputs of ``pred`` (``[1, h, w, T]`` or ``[h, w, T]``) for the input file ``source``.
 
+        ``decoded``: the input as the preprocessing decoded it (``[H, W, T]`` and its metadata); without it the file
+        is decoded here.
         ``corrections``: the item :class:`scripts.corrections.LoadCorrectionsd` filled with a user's corrections:
         those frames are written exactly as drawn, at the source's resolution, and the JSON lists them as
         ``corrected_frames``. ``confidence``: ``[T]`` per-frame network confidence (:class:`LVConfidenced`), for
@@ -257,7 +273,7 @@ class SaveCineResultd(MapTransform):
         from scripts import clinical
 
         source = Path(source)
-        original, meta = load_cine(source)
+        original, meta = (decoded.numpy(), decoded.meta) if decoded is not None else load_cine(source)
         pred_hwt = np.asarray(torch.as_tensor(pred).detach().cpu()).astype(np.uint8)
         if pred_hwt.ndim == 4:
             pred_hwt = pred_hwt[0]
@@ -302,7 +318,7 @@ class SaveCineResultd(MapTransform):
             niftis.append(image_nifti_like_label(source, meta, original))
         with atomic_paths(*files.values()) as temps:
             for nifti, temp in zip(niftis, temps):
-                nib.save(nifti, str(temp))
+                Path(temp).write_bytes(gzip.compress(nifti.to_bytes(), compresslevel=self.nifti_compression))
         if self.clinical:
             files.update(clinical.write_cine_report(report, out_dir, name))
         if self.overlay:

@@ -531,7 +531,9 @@ class AnnotatedFrameDice(Metric):
         self._updated = False
 
     def iteration_completed(self, engine: Engine) -> None:  # reads the batch keys too, unlike ignite's default
-        self.update(self._output_transform(_per_sample(engine.state.output, engine.state.batch)))
+        samples = _per_sample(engine.state.output, engine.state.batch)
+        if samples:  # none when the case failed (scripts.evaluation.CaseEvaluator)
+            self.update(self._output_transform(samples))
 
     @reinit__is_reduced
     def update(self, output: Sequence[Any]) -> None:

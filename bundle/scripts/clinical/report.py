@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from skimage.draw import polygon_perimeter
 from skimage.measure import find_contours
@@ -160,20 +159,38 @@ def _sheet_frames(n_frames: int, max_frames: int, marks: dict[int, str]) -> list
     return sorted(chosen)
 
 
-def _rgb_frame(image_HW: np.ndarray, labels_HW: np.ndarray, scale: int) -> np.ndarray:
-    """``[H*scale, W*scale, 3]`` uint8 grey frame with the structure contours drawn in their colours."""
-    grey = (np.clip(np.nan_to_num(image_HW), 0.0, 1.0) * 255).astype(np.uint8)
-    grey = np.repeat(np.repeat(grey, scale, axis=0), scale, axis=1)
-    rgb = np.stack([grey] * 3, axis=-1)
-    for label, colour in STRUCTURE_COLOURS.items():
+# the overlays' palette: GREY_LEVELS greys, then the structures' colours and the caption's yellow
+GREY_LEVELS = 251
+CAPTION_INDEX = GREY_LEVELS + len(STRUCTURE_COLOURS)
+OVERLAY_PALETTE = [v for g in np.linspace(0, 255, GREY_LEVELS).round().astype(int) for v in (g, g, g)]
+OVERLAY_PALETTE += [v for colour in STRUCTURE_COLOURS.values() for v in colour] + [255, 255, 0]
+MARKED_INDEX = GREY_LEVELS  # ED/ES captions in the sheet: the LV's red
+
+
+def _palette_frame(image_HW: np.ndarray, labels_HW: np.ndarray, scale: int) -> np.ndarray:
+    """``[H*scale, W*scale]`` uint8 indices into :data:`OVERLAY_PALETTE`: the grey frame (``GREY_LEVELS`` levels)
+    with the structure contours drawn in their colours."""
+    grey = np.clip(np.nan_to_num(image_HW), 0.0, 1.0)
+    index = np.rint(grey * (GREY_LEVELS - 1)).astype(np.uint8)
+    index = np.repeat(np.repeat(index, scale, axis=0), scale, axis=1)
+    for k, label in enumerate(STRUCTURE_COLOURS):
         mask = labels_HW == label
         if not mask.any():
             continue
         for contour in find_contours(np.pad(mask, 1).astype(np.float32), 0.5):
             pts = (contour - 1.0 + 0.5) * scale - 0.5
-            rr, cc = polygon_perimeter(pts[:, 0].round(), pts[:, 1].round(), shape=rgb.shape[:2], clip=False)
-            rgb[rr, cc] = colour
-    return rgb
+            rr, cc = polygon_perimeter(pts[:, 0].round(), pts[:, 1].round(), shape=index.shape, clip=False)
+            index[rr, cc] = GREY_LEVELS + k
+    return index
+
+
+def _picture(index_HW: np.ndarray, caption: str, colour: int, band: int = 0) -> Image.Image:
+    """A palette image of ``index_HW`` under a ``band``-pixel caption strip (0: the caption over the picture)."""
+    picture = Image.new("P", (index_HW.shape[1], index_HW.shape[0] + band), GREY_LEVELS - 1)
+    picture.putpalette(OVERLAY_PALETTE)
+    picture.paste(Image.fromarray(index_HW, "P"), (0, band))
+    ImageDraw.Draw(picture).text((4, 2 if band else 4), caption, fill=colour)
+    return picture
 
 
 def save_overlay(
@@ -189,8 +206,10 @@ def save_overlay(
     """Predicted contours over the frames: ``<stem>_overlay.png`` (contact sheet) and ``<stem>_overlay.gif``.
 
     Contours (``skimage.measure.find_contours``) are coloured per structure: 1 LV red, 2 myocardium green,
-    3 LA blue. ED/ES frames are named in the sheet's titles and the GIF's frames. Both files appear together or
-    not at all.
+    3 LA blue, over the grey frame (251 levels). The GIF shows every frame, enlarged to about 256 pixels a side when
+    smaller, with its number (and ED/ES) in yellow; the sheet up to ``max_frames`` frames at about 256 pixels a side
+    (every n-th pixel of larger frames), ``columns`` a row, each under its caption (``frame t``, ED/ES in red).
+    Both are drawn with Pillow on one palette, and appear together or not at all.
 
     Args:
         image_HWT: ``[H, W, T]`` (or ``[1, H, W, T]``) grey frames, float in [0, 1] (clipped).
@@ -209,41 +228,32 @@ def save_overlay(
     labels = _as_hwt(labels_HWT, "labels")
     if image.shape != labels.shape:
         raise ValueError(f"labels shape {labels.shape} does not match image shape {image.shape} ([H, W, T])")
-    image = image.astype(np.float32)
     n_frames = image.shape[-1]
     marks = _frame_marks(ed_es_pairs)
-    frames = _sheet_frames(n_frames, max_frames, marks)
-    rows = math.ceil(len(frames) / columns)
     h, w = image.shape[:2]
-    cols = min(columns, len(frames))
-    fig = Figure(figsize=(2.4 * cols, 2.4 * rows * h / max(w, 1) + 0.3))
-    FigureCanvasAgg(fig)
-    for k, t in enumerate(frames):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(image[..., t], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        for label, colour in STRUCTURE_COLOURS.items():
-            mask = labels[..., t] == label
-            for contour in find_contours(np.pad(mask, 1).astype(np.float32), 0.5) if mask.any() else []:
-                ax.plot(contour[:, 1] - 1, contour[:, 0] - 1, color=np.array(colour) / 255, lw=1)
-        ax.set_title(
-            f"frame {t}" + (f" {marks[t]}" if t in marks else ""),
-            fontsize=8,
-            color="tab:red" if t in marks else "black",
-        )
-        ax.set_axis_off()
-    fig.tight_layout()
     scale = max(1, 256 // max(h, w))
-    gif_frames = []
-    for t in range(n_frames):
-        frame = Image.fromarray(_rgb_frame(image[..., t], labels[..., t], scale))
-        draw = ImageDraw.Draw(frame)
-        draw.text((4, 4), f"{t}" + (f" {marks[t]}" if t in marks else ""), fill=(255, 255, 0))
-        gif_frames.append(frame.convert("P", palette=Image.Palette.ADAPTIVE))
+    indices = [_palette_frame(image[..., t], labels[..., t], scale) for t in range(n_frames)]
+    gif_frames = [_picture(indices[t], f"{t}" + (f" {marks[t]}" if t in marks else ""), CAPTION_INDEX) for t in
+                  range(n_frames)]  # fmt: skip
+    frames = _sheet_frames(n_frames, max_frames, marks)
+    cols = min(columns, len(frames))
+    rows = math.ceil(len(frames) / cols)
+    band, gap, step = 16, 4, max(1, math.ceil(max(h, w) / 256))
+    small = (image[::step, ::step], labels[::step, ::step]) if step > 1 else None
+    tile_h, tile_w = (indices[0].shape if small is None else small[0].shape[:2]) if n_frames else (0, 0)
+    tile_h += band
+    sheet = Image.new("P", (cols * tile_w + (cols - 1) * gap, rows * tile_h + (rows - 1) * gap), GREY_LEVELS - 1)
+    sheet.putpalette(OVERLAY_PALETTE)
+    for k, t in enumerate(frames):
+        caption = f"frame {t}" + (f" {marks[t]}" if t in marks else "")
+        index = indices[t] if small is None else _palette_frame(small[0][..., t], small[1][..., t], 1)
+        tile = _picture(index, caption, MARKED_INDEX if t in marks else 0, band=band)
+        sheet.paste(tile, ((k % cols) * (tile_w + gap), (k // cols) * (tile_h + gap)))
     duration_ms = int(round(1000.0 / (frame_rate or 12.5)))
     out = Path(out_dir)
     paths = {"png": out / f"{stem}_overlay.png", "gif": out / f"{stem}_overlay.gif"}
     with atomic_paths(paths["png"], paths["gif"]) as (tmp_png, tmp_gif):
-        fig.savefig(tmp_png, dpi=100, format="png")
+        sheet.save(tmp_png, format="PNG")
         gif_frames[0].save(
             tmp_gif, format="GIF", save_all=True, append_images=gif_frames[1:], duration=duration_ms, loop=0
         )
