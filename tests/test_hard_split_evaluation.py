@@ -52,6 +52,17 @@ def test_second_call_keeps_the_hard_split_and_default_data_differ(hard_root: Pat
     assert not np.array_equal(hard_sample["image"].numpy(), clean_sample["image"].numpy())
 
 
+def test_the_other_split_asked_for_is_refused_not_regenerated(hard_root: Path, tmp_path: Path):
+    """A forgotten --synthetic_hard (or one too many) names the folder and the flag; nothing is rewritten."""
+    before = {p: p.stat().st_mtime_ns for p in hard_root.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"holds the hard split .*--synthetic_hard True"):
+        ensure_synthetic_data(hard_root, patients=10, seed=3, size=48, progress=False)
+    assert before == {p: p.stat().st_mtime_ns for p in hard_root.rglob("*") if p.is_file()}
+    clean = ensure_synthetic_data(tmp_path / "clean", patients=10, seed=3, size=48, progress=False)
+    with pytest.raises(ValueError, match=r"holds the default synthetic data.*--synthetic_hard False"):
+        ensure_synthetic_data(clean, patients=10, seed=3, size=48, progress=False, hard=True)
+
+
 def test_flags_follow_the_clip_order_and_sampling(hard_root: Path):
     for item in camus_datalist(hard_root, "testing"):
         truth = np.asarray(json.loads(Path(item["truth"]).read_text())["occluded"], dtype=np.int8)

@@ -343,9 +343,11 @@ def ensure_synthetic_data(
     ``docs/synthetic.md``); the truth files flag those frames, and the evaluation reports them apart.
 
     A complete synthetic data set from the same generator version and arguments (its ``synthetic_generator.json``)
-    is kept; an interrupted one resumes. One written by another version of the generator, or before data sets were
-    stamped (it has the generator's ``*_phantom.json`` truth files but no stamp), is written again, with a warning.
-    A folder that is not synthetic (no stamp, no phantom files: e.g. real CAMUS) is never touched when complete.
+    is kept; an interrupted one resumes. Asking for the default data where the hard split lies (or the reverse) is
+    refused (``EchoDataError`` naming the folder and the ``synthetic_hard`` to pass), never regenerated over it. One
+    written by another version of the generator, or before data sets were stamped (it has the generator's
+    ``*_phantom.json`` truth files but no stamp), is written again, with a warning. A folder that is not synthetic
+    (no stamp, no phantom files: e.g. real CAMUS) is never touched when complete.
 
     Returns:
         ``dataset_dir`` as a string (so configs can use the call as the data root).
@@ -366,6 +368,17 @@ def ensure_synthetic_data(
     synthetic = stamp is not None or any(nifti.glob("patient*/*_phantom.json"))
     if complete and (not synthetic or same_patients(stamp, wanted)):
         return str(root)
+    if stamp is not None and bool(stamp.get("hard", False)) != hard:
+        # One split asked for where the other lies: a forgotten --synthetic_hard, not a stale data set; regenerating
+        # would replace the user's split without asking
+        held, flag = ("the hard split", "True") if stamp.get("hard") else ("the default synthetic data", "False")
+        from scripts.data.errors import EchoDataError
+
+        raise EchoDataError(
+            root,
+            f"holds {held} (its synthetic_generator.json); pass --synthetic_hard {flag} to use it, "
+            "or another --dataset_dir",
+        )
     if synthetic and not same_patients(stamp, wanted):
         logger.warning(
             "%s: synthetic data from another generator version or other arguments (%s); regenerating", root, stamp
