@@ -4,16 +4,23 @@ For each checkpoint (``--ckpt``, any number; default the model ``make demo`` tra
 weights unchanged:
 
 - ``memory``: the cine stepped as inference steps it (``GDKVM.forward``);
-- ``reset``: every frame segmented as a first frame (empty memory, empty previous mask): the network without its
-  memory;
+- ``reset``: every frame segmented as the paper's first frame (empty memory, empty previous mask, no warm start):
+  the network without its memory;
+- ``reset, warm start`` (warm-start rows only): every frame warm-started (segmented, then again with its own mask
+  as the previous mask): no memory of other frames, but the frame's own mask fed back;
 - ``truth prev``: the true mask of every frame given as the next frame's previous mask (``forward``'s
   ``given_masks``): how much a network that uses its previous-mask input could gain;
 - ``ED+ES given``: the truth drawn on the first and last frame, carried through the cine
   (``scripts.corrections.segment_with_corrections``), as an annotator's two corrections would be.
 
+Each checkpoint is measured as inference runs it, with the warm start (``GDKVM(warm_start=True)``: a cine's first
+frame segmented once and then again with its own mask as the previous mask; in ``reset`` that is every frame), and,
+with ``--first-frame both`` (default), again with the paper's first frame (``warm_start=False``, rows named
+``<name>, cold first frame``): the same weights, the first frame's handling the only difference.
+
 A checkpoint named in ``--memory-off`` (a network trained with every frame a first frame,
 ``scripts.training.PerFrameInferer``: the same architecture and budget without memory) is measured in ``reset``
-only.
+only, with the paper's first frame (it never saw a previous mask in training).
 
 LV Dice is reported by frame index: frame 0; frames 1..L-1 (inside the training clip of L frames, ``--clip-frames``);
 L..29 (past it); 30..59 and 60+ (long cines only); on frames where part of the LV border is hidden (``occluded``)
@@ -147,7 +154,13 @@ def predict(net: torch.nn.Module, case: dict, mode: str) -> np.ndarray:
     video = case["video"]
     if mode == "memory":
         logits = net(video)
-    elif mode == "reset":  # every frame a first frame: frames folded into the batch
+    elif mode == "reset":  # every frame the paper's first frame: frames folded into the batch
+        warm, net.warm_start = net.warm_start, False
+        try:
+            logits = PerFrameInferer()(video, net)
+        finally:
+            net.warm_start = warm
+    elif mode == "reset, warm start":
         logits = PerFrameInferer()(video, net)
     elif mode == "truth prev":
         masks = torch.as_tensor(case["label"] == LV, dtype=video.dtype)[None, None]
@@ -304,7 +317,7 @@ def bench_checkpoint(
         return result
     for set_name, cases in sets.items():
         per_mode = {}
-        for mode in MODES:
+        for mode in MODES + (("reset, warm start",) if getattr(net, "warm_start", False) else ()):
             dice = []
             for case in cases:
                 pred = predict(net, case, mode)
@@ -405,6 +418,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--long-cines", type=int, default=10)
     parser.add_argument("--long-frames", type=int, default=72)
     parser.add_argument("--cache", type=Path, default=REPO_ROOT / "results" / "memory_long_cines.npz")
+    parser.add_argument(
+        "--first-frame", choices=("warm", "cold", "both"), default="both", help="warm start, the paper's, or both"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_memory.json")
     parser.add_argument("--docs", action="store_true", help="also write docs/benchmarks_memory.md")
@@ -432,12 +448,19 @@ def main(argv: list[str] | None = None) -> None:
     for name, path in zip(names, args.ckpt):
         if trained_settings(path)["spatial_size"] != size:
             sys.exit(f"{path}: trained at another input size than {args.ckpt[0]}; bench them separately")
-        net = build_network(path)
-        for cases in sets.values():
-            for case in cases:
-                case.pop("dice", None), case.pop("pred", None)
-        print(f"{name}: {path}", flush=True)
-        results[name] = bench_checkpoint(net, sets, real, args.clip_frames, memory_off=name in args.memory_off)
+        memory_off = name in args.memory_off
+        variants = [("warm", name), ("cold", f"{name}, cold first frame")]
+        if memory_off or args.first_frame != "both":
+            variants = [("cold" if memory_off else args.first_frame, name)]
+        for first_frame, row_name in variants:
+            net = build_network(path)
+            net.warm_start = first_frame == "warm"
+            for cases in sets.values():
+                for case in cases:
+                    case.pop("dice", None), case.pop("pred", None)
+            print(f"{row_name}: {path}", flush=True)
+            results[row_name] = bench_checkpoint(net, sets, real, args.clip_frames, memory_off=memory_off)
+            results[row_name]["warm_start"] = net.warm_start
     text = tables(results, args.clip_frames)
     print(text)
     payload = {

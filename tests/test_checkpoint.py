@@ -328,6 +328,7 @@ def test_no_trained_model_is_one_line(tmp_path, config) -> None:
     assert done.returncode == 1
     assert "no trained model" in done.stderr and str(tmp_path / "models" / "model.pt") in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+    assert sorted(p.name for p in cines.iterdir()) == ["a.nii.gz"]  # said before any data is generated or read
 
 
 def test_the_training_data_is_recorded_and_served_without_being_a_setting(tmp_path: Path) -> None:

@@ -170,6 +170,11 @@ def test_onnx_step_matches_pytorch_over_a_stream(tmp_path) -> None:
     got = stream.run(video.numpy())
     assert got.shape == expected.shape == (2, 3, height, width, frames)
     assert np.abs(got - expected).max() < 1e-4
+    # the step warm-starts a stream's first frame (an ONNX If on an empty state), as the network does
+    net.warm_start = False
+    with torch.no_grad():
+        assert np.abs(got[..., 0] - net(video).numpy()[..., 0]).max() > 1e-3
+    net.warm_start = True
     # frame by frame after a reset gives the same stream; the carried state matches PyTorch's
     stream.reset()
     step = GDKVMStreamStep(net).eval()

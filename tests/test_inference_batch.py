@@ -219,6 +219,8 @@ def test_the_network_gets_the_cores_the_readers_and_writers_leave(monkeypatch) -
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert [default_workers(n) for n in (1, 2, 4, 16, 64)] == [1, 1, 2, 4, 4]
+    # one process for a single cine: readers and writers only pay when another cine overlaps
+    assert [default_workers(16, cines=n) for n in (0, 1, 2, 3, 100)] == [0, 0, 1, 2, 4]
     assert network_threads(1, 1, cpu_count=2) == 1 and network_threads(4, 4, cpu_count=16) == 8
     assert network_threads(0, 0, cpu_count=2) == 2 and network_threads(4, 4, cpu_count=4) == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins

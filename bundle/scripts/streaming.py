@@ -18,7 +18,9 @@
 
 The engine's float32 step is ``GDKVM._step_padded`` itself, so on the eager path its logits equal ``GDKVM.forward``'s
 exactly (``tests/test_streaming.py``); the captured graph replays the same kernels (``bench/gpu_streaming.sh``
-measures the agreement on a GPU).
+measures the agreement on a GPU). The network's warm start (``GDKVM(warm_start=True)``: a stream's first frame
+segmented once, its mask then that frame's previous mask) is done by the engine, outside the captured or compiled
+step, for the rows it has reset since their last step: the same calls as ``forward`` makes, so the same logits.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ class StreamingEngine:
         parameter = next(net.parameters())
         self.device = parameter.device
         hp, wp = _padded_size(self.height, self.width)
+        # rows whose stream starts at the next step (reset since their last step): warm-started by the engine
+        self.fresh_rows: set[int] = set(range(self.batch_size))
         with self._context():
             state = net.init_state(self.batch_size, self.height, self.width, self.device, torch.float32)
             self.memory: torch.Tensor = state.memory.clone()
@@ -156,6 +160,7 @@ class StreamingEngine:
     # ------------------------------------------------------------------------------------------------ public
     def reset(self, rows: Sequence[int] | None = None) -> None:
         """Empty state (zero memory, empty previous mask) for all streams, or only for ``rows`` (batch indices)."""
+        self.fresh_rows.update(range(self.batch_size) if rows is None else (int(row) for row in rows))
         with self._context():
             if rows is None:
                 self.memory.zero_()
@@ -181,17 +186,20 @@ class StreamingEngine:
         if self.graph is not None:
             with self._context():
                 self.frame[..., : self.height, : self.width].copy_(frame_B1HW)
+                self._warm_start()
                 self.graph.replay()
                 assert self._graph_logits is not None
                 return self._graph_logits.clone()
         if self._compiled is not None:
             with self._context():
                 self.frame[..., : self.height, : self.width].copy_(frame_B1HW)
+                self._warm_start()
                 return self._compiled_step()
         # eager: in inference mode (less per-operation bookkeeping than no_grad: ~2 % of a small CPU step); the
         # buffers stay normal tensors, and the logits are a new (inference) tensor that needs no clone
         with torch.inference_mode():
             self.frame[..., : self.height, : self.width].copy_(frame_B1HW)
+            self._warm_start()
             return self._step_buffers()
 
     def run(self, video_B1HWT: torch.Tensor) -> torch.Tensor:
@@ -219,20 +227,41 @@ class StreamingEngine:
         self.prev_prob.copy_(prob)
         return logits
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The step's precision: ``torch.autocast`` to it, or off (an enclosing autocast, MONAI's amp, switched off)."""
+        if self.dtype != torch.float32:
+            return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
+        if torch.is_autocast_enabled(self.device.type):
+            return torch.autocast(self.device.type, enabled=False)
+        return contextlib.nullcontext()
+
     def _step(
         self, frame_B1HW: torch.Tensor, memory_BNVK: torch.Tensor, prev_prob_BNHW: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The step as a function of its inputs (what ``torch.compile`` compiles): padded frame and state ->
-        ``(logits [B, K, H, W] float32, memory [B, N, Cv, Ck], prob [B, N, Hp, Wp])`` in the engine's precision."""
-        if self.dtype != torch.float32:
-            autocast: Any = torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
-        elif torch.is_autocast_enabled(self.device.type):  # switch off an enclosing autocast (MONAI's amp)
-            autocast = torch.autocast(self.device.type, enabled=False)
-        else:
-            autocast = contextlib.nullcontext()
-        with autocast:
-            logits, memory, prob = self.net._step_padded(frame_B1HW, memory_BNVK, prev_prob_BNHW)
+        ``(logits [B, K, H, W] float32, memory [B, N, Cv, Ck], prob [B, N, Hp, Wp])`` in the engine's precision.
+        Without the warm start (:meth:`_warm_start` does it before)."""
+        with self._autocast():
+            logits, memory, prob = self.net._step_padded(
+                frame_B1HW, memory_BNVK, prev_prob_BNHW, allow_warm_start=False
+            )
         return logits[..., : self.height, : self.width].float(), memory, prob
+
+    def _warm_start(self) -> None:
+        """The network's warm start for the rows reset since their last step (the frame is in ``self.frame``): their
+        previous mask becomes the frame's mask segmented from the empty state (``GDKVM.warm_previous_mask``), eagerly,
+        before the step. Every row counts as stepped afterwards."""
+        rows, self.fresh_rows = sorted(self.fresh_rows), set()
+        net = self.net
+        if not rows or not getattr(net, "warm_start", False) or net.training:
+            return
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        frame = self.frame.index_select(0, index)  # only the starting rows: a join costs them, not the whole batch
+        with self._autocast():
+            key_out = net.encode_key(frame)
+            fresh_B = torch.ones(len(rows), dtype=torch.bool, device=self.device)
+            warm = net.warm_previous_mask(frame, key_out, fresh_B, self.prev_prob.index_select(0, index))
+        self.prev_prob.index_copy_(0, index, warm.to(self.prev_prob.dtype))
 
     def _compiled_step(self) -> torch.Tensor:
         """One step of the compiled function from the buffers into the buffers; returns new logits ``[B, K, H, W]``.
@@ -356,6 +385,7 @@ class StreamBatch:
                 raise ValueError(f"stream {stream_id!r}: frame of shape {tuple(frame.shape)}, expected {shape}")
             batch[self.slots[stream_id], 0] = frame.reshape(shape)
         waiting = [slot for s, slot in self.slots.items() if s not in frames]
+        waiting_fresh = engine.fresh_rows.intersection(waiting)  # joined, not yet stepped: they start later
         kept = None
         if waiting:
             index = torch.as_tensor(waiting, device=engine.device)
@@ -365,6 +395,7 @@ class StreamBatch:
             with engine._context():
                 engine.memory.index_copy_(0, kept[0], kept[1])
                 engine.prev_prob.index_copy_(0, kept[0], kept[2])
+        engine.fresh_rows.update(waiting_fresh)
         return {stream_id: logits[self.slots[stream_id]] for stream_id in frames}
 
 

@@ -201,7 +201,9 @@ class PerFrameInferer:
 
     ``[B, 1, H, W, T]`` is folded into ``[B*T, 1, H, W, 1]``, so the recurrent network becomes a per-frame network with
     the same weights; given previous masks (``given_mask_prob``) are dropped. Use it as ``train#inferer`` and
-    ``validate#inferer`` to train the memory-off reference of bench/memory.py with the same budget.
+    ``validate#inferer``, with ``--warm_start False``, to train the memory-off reference of bench/memory.py with the
+    same budget (in eval mode a network with ``warm_start`` would warm-start every frame, feeding back a mask this
+    reference never learnt to read).
     """
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:

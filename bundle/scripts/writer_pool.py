@@ -37,9 +37,18 @@ __all__ = ["WriteResult", "WriterPool", "default_workers", "network_threads"]
 _TRANSFORM: Callable | None = None  # the postprocessing, in each writer process (set by _start_writer)
 
 
-def default_workers(cpu_count: int | None = None) -> int:
-    """Processes for reading or for writing by default: half the logical CPUs, between 1 and 4."""
-    return max(1, min(4, (cpu_count or os.cpu_count() or 2) // 2))
+def default_workers(cpu_count: int | None = None, cines: int | None = None) -> int:
+    """Processes for reading or for writing by default: half the logical CPUs, between 1 and 4; with ``cines`` (the
+    number of inputs) at most ``cines - 1``, so one cine runs in one process.
+
+    A reader or writer process only pays when another cine can be read or written while the network steps this one:
+    for a single cine the processes' start-up and the thread they take from the network are pure cost
+    (``docs/deploy.md``, archive inference).
+    """
+    workers = max(1, min(4, (cpu_count or os.cpu_count() or 2) // 2))
+    if cines is not None:
+        workers = min(workers, max(0, int(cines) - 1))
+    return workers
 
 
 def network_threads(num_workers: int, writers: int, cpu_count: int | None = None) -> int:

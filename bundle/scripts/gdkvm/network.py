@@ -6,7 +6,8 @@ Per frame t (``step``):
 2. key projection + KPFF -> unit-norm key ``k_t`` ``[B, Ck, h, w]`` and pixel feature ``[B, Cp, h, w]``;
 3. value encoder (ResNet-18) on ``[frame, previous mask of object n, previous mask of the other objects]``, fused
    with the key encoder's f16 feature (as the official code's mask encoder) -> value ``V_t`` ``[B, N, Cv, h, w]``;
-   at t = 0 the previous mask is empty, so no ground truth ever enters the network;
+   at t = 0 the previous mask is empty, so no ground truth ever enters the network (with ``warm_start``, in eval
+   mode, a stream's first frame is segmented once from the empty state and that mask is its previous mask);
 4. memory write ``S_t = update(S_{t-1}, K_t, V_t)`` with the configured rule (memory.py, Eq. 3-5);
 5. read-out ``O_t = S_t k_t`` per pixel, decoded with skips from f8 and f4 into one logit map per object;
 6. the objects' probabilities are aggregated into K class logits (background + N = K - 1 objects).
@@ -92,6 +93,11 @@ class GDKVM(SelfDescribingModule):
             dicts (never downloaded); only for ``backbone_width=1``.
         mask_skip: also give the previous masks straight to the decoder at strides 8 and 4
             (:class:`~.decoder.PreviousMaskSkip`; not in the paper, off by default: see docs/network.md).
+        warm_start: in eval mode, a stream's first frame (a state with empty memory and an empty previous mask,
+            per batch row) is segmented once from that state, and its mask becomes the previous mask of the frame's
+            real step (:meth:`warm_previous_mask`); other frames are untouched. Not in the paper (which segments the
+            first frame from the empty mask: ``warm_start=False``); no weights, so any checkpoint takes either. Never
+            in training mode, so the paper's training recipe is unchanged.
         trained_with: how the training frames were prepared (the bundle passes ``labels``, ``spatial_size``,
             ``keep_aspect``). Saved with the weights and checked on load, together with the arguments above
             (see :mod:`scripts.gdkvm.description`); None takes it from the checkpoint that is loaded.
@@ -117,6 +123,7 @@ class GDKVM(SelfDescribingModule):
         value_encoder_weights: str | None = None,
         trained_with: dict[str, Any] | None = None,
         mask_skip: bool = False,
+        warm_start: bool = True,
     ) -> None:
         super().__init__()
         if size not in SIZES:
@@ -146,6 +153,7 @@ class GDKVM(SelfDescribingModule):
         self.num_objects = out_channels - 1
         self.update_rule = update_rule
         self.kpff = kpff
+        self.warm_start = bool(warm_start)
         self.trained_with = dict(trained_with) if trained_with is not None else None
         self.key_dim = int(cfg["key_dim"])
         self.value_dim = int(cfg["value_dim"])
@@ -297,11 +305,31 @@ class GDKVM(SelfDescribingModule):
         return value.unflatten(0, (b, n))
 
     def _step_padded(
-        self, frame_B1HW: torch.Tensor, memory_BNVK: torch.Tensor, prev_prob_BNHW: torch.Tensor
+        self,
+        frame_B1HW: torch.Tensor,
+        memory_BNVK: torch.Tensor,
+        prev_prob_BNHW: torch.Tensor,
+        allow_warm_start: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One frame whose H, W are multiples of 16. Returns ``(logits [B, K, H, W], memory, prob [B, N, H, W])``."""
-        b, n = prev_prob_BNHW.shape[0], prev_prob_BNHW.shape[1]
+        """One frame whose H, W are multiples of 16. Returns ``(logits [B, K, H, W], memory, prob [B, N, H, W])``.
+
+        ``allow_warm_start=False`` skips the warm start (:class:`scripts.streaming.StreamingEngine` does it outside its
+        captured step, for the rows it reset).
+        """
         key_out = self.encode_key(frame_B1HW)
+        if allow_warm_start and self.warm_start and not self.training:
+            prev_prob_BNHW = self._warm_started(frame_B1HW, key_out, memory_BNVK, prev_prob_BNHW)
+        return self._step_keyed(frame_B1HW, key_out, memory_BNVK, prev_prob_BNHW)
+
+    def _step_keyed(
+        self,
+        frame_B1HW: torch.Tensor,
+        key_out: dict[str, torch.Tensor],
+        memory_BNVK: torch.Tensor,
+        prev_prob_BNHW: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_step_padded` after the key path (``key_out`` of :meth:`encode_key`), without the warm start."""
+        b, n = prev_prob_BNHW.shape[0], prev_prob_BNHW.shape[1]
         key = key_out["key"]
         value = self.encode_value(frame_B1HW, prev_prob_BNHW, key_out["f16"])
         new_memory, _ = self.memory(memory_BNVK, tokens_from_map(key), tokens_from_map(value))
@@ -309,6 +337,72 @@ class GDKVM(SelfDescribingModule):
         readout = read_memory(new_memory, key.flatten(2)).unflatten(-1, (h, w)).flatten(0, 1)
         logits, prob = self.decode(readout, key_out, b, n, frame_B1HW.shape[-2], frame_B1HW.shape[-1], prev_prob_BNHW)
         return logits, new_memory, prob
+
+    def warm_previous_mask(
+        self,
+        frame_B1HW: torch.Tensor,
+        key_out: dict[str, torch.Tensor],
+        fresh_B: torch.Tensor,
+        prev_prob_BNHW: torch.Tensor,
+    ) -> torch.Tensor:
+        """The warm start's previous mask: ``prev_prob_BNHW`` with the rows in ``fresh_B`` replaced by the object
+        probabilities of the (padded) frame segmented from an empty state.
+
+        Args:
+            frame_B1HW: padded frame ``[B, 1, Hp, Wp]``; key_out: its :meth:`encode_key`.
+            fresh_B: ``[B]`` bool, the rows whose stream starts at this frame.
+            prev_prob_BNHW: ``[B, N, Hp, Wp]``.
+
+        Returns:
+            ``[B, N, Hp, Wp]``.
+        """
+        empty_memory = torch.zeros(
+            prev_prob_BNHW.shape[0],
+            self.num_objects,
+            self.value_dim,
+            self.key_dim,
+            device=prev_prob_BNHW.device,
+            dtype=prev_prob_BNHW.dtype,
+        )
+        _, _, first_prob = self._step_keyed(frame_B1HW, key_out, empty_memory, torch.zeros_like(prev_prob_BNHW))
+        return torch.where(fresh_B.view(-1, 1, 1, 1), first_prob.to(prev_prob_BNHW.dtype), prev_prob_BNHW)
+
+    def _warm_started(
+        self,
+        frame_B1HW: torch.Tensor,
+        key_out: dict[str, torch.Tensor],
+        memory_BNVK: torch.Tensor,
+        prev_prob_BNHW: torch.Tensor,
+    ) -> torch.Tensor:
+        """The previous mask for this step: warm-started on the rows whose state is empty (:func:`fresh_rows`)."""
+        fresh_B = fresh_rows(memory_BNVK, prev_prob_BNHW)
+        if not torch.jit.is_scripting():  # TorchScript skips this block (it compiles the plain branch below)
+            if torch.compiler.is_exporting():
+                return self._warm_started_exported(frame_B1HW, key_out, fresh_B, prev_prob_BNHW)
+        if bool(fresh_B.any()):
+            return self.warm_previous_mask(frame_B1HW, key_out, fresh_B, prev_prob_BNHW)
+        return prev_prob_BNHW
+
+    @torch.jit.unused
+    def _warm_started_exported(
+        self,
+        frame_B1HW: torch.Tensor,
+        key_out: dict[str, torch.Tensor],
+        fresh_B: torch.Tensor,
+        prev_prob_BNHW: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`_warm_started` for ``torch.export`` (ONNX): the branch as ``torch.cond`` (an ONNX ``If``), so that
+        a served step (Triton's implicit state starts at zeros) warm-starts a sequence's first frame too."""
+        names = sorted(key_out)
+
+        def warm(frame: torch.Tensor, fresh: torch.Tensor, prev: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+            return self.warm_previous_mask(frame, dict(zip(names, features)), fresh, prev)
+
+        def keep(frame: torch.Tensor, fresh: torch.Tensor, prev: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+            return prev.clone()
+
+        operands = (frame_B1HW, fresh_B, prev_prob_BNHW, *[key_out[name] for name in names])
+        return torch.cond(fresh_B.any(), warm, keep, operands)
 
     def decode(
         self,
@@ -373,6 +467,17 @@ def aggregate_objects(object_logits_BNHW: torch.Tensor) -> torch.Tensor:
     background = torch.prod(1.0 - prob, dim=1, keepdim=True)
     probs = torch.cat([background, prob], dim=1).clamp(1e-7, 1.0 - 1e-7)
     return torch.log(probs / (1.0 - probs))
+
+
+def fresh_rows(memory_BNVK: torch.Tensor, prev_prob_BNHW: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: the rows whose state is empty (zero memory and zero previous mask), i.e. a stream's first frame.
+
+    A stepped state is never empty (its previous mask is a softmax, > 0 everywhere); a state whose previous mask was
+    given (:meth:`GDKVM.give_mask`) is not empty either.
+    """
+    memory_empty = memory_BNVK.flatten(1).abs().amax(dim=1) == 0
+    mask_empty = prev_prob_BNHW.flatten(1).abs().amax(dim=1) == 0
+    return memory_empty & mask_empty
 
 
 def _normalise(frame: torch.Tensor, mean: float = GREY_MEAN, std: float = GREY_STD) -> torch.Tensor:
