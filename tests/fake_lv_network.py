@@ -26,6 +26,7 @@ class BeatingLV(torch.nn.Module):
     def __init__(self, period: int = 12, **_: Any) -> None:
         super().__init__()
         self.period = period
+        self.warm_start = True  # as an exported GDKVM of bundle 0.8.0 or later says (its first frame is no different)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         B, _, H, W, T = video.shape

@@ -199,6 +199,11 @@ def test_a_gdkvm_from_ckpt_export_runs_through_the_app(inputs: Path, tmp_path: P
     (model_dir / "model.ts").unlink()
     with pytest.raises(ModelRefused, match="no model.ts"):
         served_model(model_dir)
+    # a model.ts exported before the warm start (a scripted module without it) would segment the first frame
+    # otherwise than the bundle: refused, saying so
+    save_model_ts(torch.jit.script(torch.nn.Identity()), small_gdkvm().description(), model_dir)
+    with pytest.raises(ModelRefused, match="exported before bundle 0.8.0.*re-export"):
+        served_model(model_dir)
 
 
 def test_a_model_that_would_not_be_served_as_trained_is_refused(inputs: Path, beating_model: Path, tmp_path) -> None:

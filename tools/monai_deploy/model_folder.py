@@ -187,6 +187,12 @@ def served_model(model_path: str | Path) -> ServedModel:
     missing = [k for k in SETTING_KEYS if k not in settings]
     if missing:
         raise ModelRefused(f"{source}: the description lacks {', '.join(missing)}: retrain with bundle 0.3.0 or later")
+    if not hasattr(torch.jit.load(str(ts), map_location="cpu"), "warm_start"):
+        raise ModelRefused(
+            f"{ts}: exported before bundle 0.8.0: it segments a cine's first frame from an empty mask, where the "
+            "bundle's inference warm-starts it (EF about 8 points apart on the demo model): re-export it with "
+            "python tools/monai_deploy/model_folder.py --ckpt <its model.pt> --out <model folder>"
+        )
     return ServedModel(path=ts, description=description, settings=settings, source=source)
 
 
