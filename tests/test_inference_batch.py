@@ -215,12 +215,12 @@ def test_nifti_compression_level_is_the_users_and_the_labels_are_the_same(tmp_pa
 
 
 def test_the_network_gets_the_cores_the_readers_and_writers_leave(monkeypatch) -> None:
-    from scripts.writer_pool import default_workers, network_threads
+    from scripts.writer_pool import default_workers, network_threads, workers_for_inputs
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert [default_workers(n) for n in (1, 2, 4, 16, 64)] == [1, 1, 2, 4, 4]
     # one process for a single cine: readers and writers only pay when another cine overlaps
-    assert [default_workers(16, cines=n) for n in (0, 1, 2, 3, 100)] == [0, 0, 1, 2, 4]
+    assert [workers_for_inputs(4, 2, n) for n in (0, 1, 2, 3, 100)] == [(0, 0), (0, 0), (1, 1), (2, 2), (4, 2)]
     assert network_threads(1, 1, cpu_count=2) == 1 and network_threads(4, 4, cpu_count=16) == 8
     assert network_threads(0, 0, cpu_count=2) == 2 and network_threads(4, 4, cpu_count=4) == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
@@ -261,6 +261,7 @@ def test_all_good_exits_zero_and_writes_image_with_save_image(models, tmp_path) 
     result = _run(_command(data, out, models, "--save_image", "True"))
     assert result.returncode == 0, result.stdout[-3000:]
     assert "1 segmented, 0 failed, 0 skipped" in _summary_line(result.stdout)
+    assert "1 input(s): 0 reader and 0 writer processes" in (out / "inference.log").read_text()  # one cine, one process
     summary = json.loads((out / "a_seg.json").read_text())
     assert summary["outputs"]["image"] == "a_image.nii.gz" and summary["outputs"]["label"] == "a_seg.nii.gz"
     import nibabel as nib

@@ -48,7 +48,7 @@ from scripts.records import (
     rank,
     warning_lines,
 )
-from scripts.writer_pool import WriteResult, WriterPool, default_workers
+from scripts.writer_pool import WriteResult, WriterPool, default_workers, network_threads, workers_for_inputs
 
 __all__ = ["CineDataset", "CineEvaluator", "cine_datalist", "collate_cines", "default_workers", "failure_reason"]
 
@@ -309,6 +309,7 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
         # DataLoader workers and writers start (fork) inside: they inherit the log file and the libraries' routing
         with self.logged(LOG_NAME) as log_path:
             file_logger.info("inference started: %d inputs for this process", self.state.epoch_length or 0)
+            self._one_process_for_one_input()
             try:
                 with WriterPool(self.postprocessing, self.writers) as self._pool:
                     super().run(global_epoch)
@@ -318,6 +319,24 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
             finally:
                 self._pool, self._cines = None, None
             self.summary = self._summarize(log_path)
+
+    def _one_process_for_one_input(self) -> None:
+        """No reader or writer processes when this process has a single input (``workers_for_inputs``); the network
+        then gets the threads they would have taken, unless the user chose them (``OMP_NUM_THREADS``, or a thread
+        count other than the config's ``network_threads``)."""
+        loader = self.data_loader
+        readers = int(getattr(loader, "num_workers", 0) or 0)
+        inputs = int(self.state.epoch_length or 0)
+        new_readers, new_writers = workers_for_inputs(readers, self.writers, inputs)
+        if (new_readers, new_writers) == (readers, self.writers):
+            return
+        on_cpu = torch.device(getattr(self.state, "device", None) or "cpu").type == "cpu"
+        if on_cpu and torch.get_num_threads() == network_threads(readers, self.writers):
+            torch.set_num_threads(network_threads(new_readers, new_writers))
+        if isinstance(loader, torch.utils.data.DataLoader):
+            loader.num_workers = new_readers
+        self.writers = new_writers
+        file_logger.info("%d input(s): %d reader and %d writer processes", inputs, new_readers, new_writers)
 
     def _summarize(self, log_path: Path) -> dict[str, Any]:
         records, csv_path = self.gather_records()
