@@ -330,7 +330,7 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
         new_readers, new_writers = workers_for_inputs(readers, self.writers, inputs)
         if (new_readers, new_writers) == (readers, self.writers):
             return
-        on_cpu = torch.device(getattr(self.state, "device", None) or "cpu").type == "cpu"
+        on_cpu = torch.device(self.state.device).type == "cpu"  # MONAI's Workflow keeps the device in its state
         if on_cpu and torch.get_num_threads() == network_threads(readers, self.writers):
             torch.set_num_threads(network_threads(new_readers, new_writers))
         if isinstance(loader, torch.utils.data.DataLoader):

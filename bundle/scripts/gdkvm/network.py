@@ -261,7 +261,10 @@ class GDKVM(SelfDescribingModule):
         memory, prev_prob = state.memory, state.prev_prob
         outputs: list[torch.Tensor] = []
         for t in range(video_B1HWT.shape[-1]):
-            logits, memory, prev_prob = self._step_padded(_pad_frame(video_B1HWT[..., t]), memory, prev_prob)
+            # only frame 0 can start from the empty state here: no warm-start check on the frames after it
+            logits, memory, prev_prob = self._step_padded(
+                _pad_frame(video_B1HWT[..., t]), memory, prev_prob, allow_warm_start=t == 0
+            )
             outputs.append(logits[..., :height, :width])
             if given_masks_BNHWT is not None and given_frames_BT is not None:
                 given_B = given_frames_BT[:, t].to(prev_prob.dtype).view(-1, 1, 1, 1)
@@ -356,15 +359,9 @@ class GDKVM(SelfDescribingModule):
         Returns:
             ``[B, N, Hp, Wp]``.
         """
-        empty_memory = torch.zeros(
-            prev_prob_BNHW.shape[0],
-            self.num_objects,
-            self.value_dim,
-            self.key_dim,
-            device=prev_prob_BNHW.device,
-            dtype=prev_prob_BNHW.dtype,
-        )
-        _, _, first_prob = self._step_keyed(frame_B1HW, key_out, empty_memory, torch.zeros_like(prev_prob_BNHW))
+        b, hp, wp = prev_prob_BNHW.shape[0], prev_prob_BNHW.shape[-2], prev_prob_BNHW.shape[-1]
+        empty = self.init_state(b, hp, wp, prev_prob_BNHW.device, prev_prob_BNHW.dtype)
+        _, _, first_prob = self._step_keyed(frame_B1HW, key_out, empty.memory, empty.prev_prob)
         return torch.where(fresh_B.view(-1, 1, 1, 1), first_prob.to(prev_prob_BNHW.dtype), prev_prob_BNHW)
 
     def _warm_started(
