@@ -3,7 +3,8 @@
 - ``scripts.clinical.cycle.analyse_beats`` finds one ED/ES pair per cardiac cycle of an LV volume curve, accepts the
   whole beats (within 2 frames of the truth) and rejects, with a reason, the beats cut by the cine's ends, the
   outliers, the beats on broken masks and the pairs of a long cine without a cardiac period; the EF is the mean over
-  the accepted beats.
+  the accepted beats. Every cycle is listed, also after a double-humped diastole (synthetic, and the real 120-frame
+  cine's LV curve in ``tests/data``).
 - ``cardiac_period`` / ``motion_period`` find the period of the LV curve / of the images, and nothing in noise.
 - ``scripts.clinical.quality.measure_cine`` gives ``ok`` for the synthetic generator's true labels (the bundle
   promises 95 %) and rejects or flags what cannot be measured: speckle, empty masks, a heart that does not beat,
@@ -26,6 +27,7 @@ import numpy as np
 import pydicom
 import pytest
 from fixtures_echo import phantom, write_dicom
+from scipy.interpolate import PchipInterpolator
 from scipy.ndimage import gaussian_filter
 from test_dicom_sr import beating_lv
 
@@ -300,6 +302,88 @@ def test_no_accepted_beat_has_its_es_beyond_the_systolic_window():
                 assert all(not beat["ed"] < ed <= beat["es"] for ed in eds), (seed, period, describe(result))
                 checked += 1
     assert checked >= 100  # most beats of these curves are accepted: the check above is not vacuous
+
+
+# ----------------------------------------------------------- 4b. every cycle listed: double-humped diastoles
+REAL_CURVE_FIXTURE = Path(__file__).parent / "data" / "color3d_jpeg_baseline_lv_volume.json"
+
+
+def double_humped_curve(
+    period: float, n_frames: int, start: float, odd: int, noise: float = 0.0, seed: int = 0
+) -> tuple[np.ndarray, list[TrueBeat]]:
+    """An LV volume curve ``[n_frames]`` (mL) whose cycle ``odd`` has a double-humped diastole, and its true beats.
+
+    Cycle k starts (ED, 130 mL) at ``k * period - start``; ES (60 mL) 0.35 of the cycle later, then a monotonic
+    filling (100 mL at 0.55, 112 mL at 0.75). Cycle ``odd`` fills instead to an early hump (130 mL at 0.55), dips
+    (105 mL at 0.75) and rises to a lower ED (122 mL) where the next cycle's systole starts: the early hump is the
+    higher maximum, as in the real 120-frame cine. Knots joined by monotonic cubics (PCHIP: the extrema are the knots).
+
+    Returns:
+        the curve and one :class:`TrueBeat` per cycle whose ED lies in the cine; ED = its onset, ES = onset + 0.35.
+    """
+    knots_t, knots_v, beats = [], [], []
+    for k in range(int((n_frames + start) / period) + 2):
+        onset = k * period - start
+        ed = 122.0 if k == odd + 1 else EDV
+        early, late = (130.0, 105.0) if k == odd else (100.0, 112.0)
+        knots_t += [onset, onset + SYSTOLE * period, onset + 0.55 * period, onset + 0.75 * period]
+        knots_v += [ed, ESV, early, late]
+        if 0 <= onset <= n_frames - 1:
+            es_t = onset + SYSTOLE * period
+            whole = onset > 0.5 and es_t < n_frames - 0.5
+            beats.append(TrueBeat(round(onset), round(es_t), 100.0 * (ed - ESV) / ed, whole, onset, k))
+    curve = PchipInterpolator(knots_t, knots_v)(np.arange(n_frames, dtype=float))
+    return curve + np.random.default_rng(seed).normal(0.0, noise, n_frames), beats
+
+
+@pytest.mark.parametrize("period", [18, 27, 34])
+@pytest.mark.parametrize("start, odd", [(0.5, 2), (0.3, 0)], ids=["hump_mid_cine", "hump_in_the_first_cycle"])
+def test_a_double_humped_diastole_keeps_its_beat(period, start, odd):
+    """A diastole with a higher early hump than its ED (early filling, a dip, the atrial kick) before systole: the
+    cycle that follows is listed and accepted with ED where systole starts (the late maximum) and its ES, within 2
+    frames, like every other whole beat, and the EF is the mean of all whole beats. Before the fix the peak search
+    kept the early hump (a beat without end-systole, rejected) or, mid-cine, neither hump: the cycle was missing."""
+    n_frames = int(5 * period)
+    for noise, seed in ((0.0, 0), (1.5, 1), (1.5, 2)):
+        values, truth = double_humped_curve(period, n_frames, start * period, odd, noise=noise, seed=seed)
+        whole = [t for t in truth if t.whole]
+        (after_hump,) = [t for t in truth if t.cycle == odd + 1]
+        assert after_hump.whole and len(whole) >= 4  # the case is what it claims
+        for frame_rate in (None, 30.0):
+            for image_period in (None, period):
+                result = analyse_beats(values, frame_rate, image_period=image_period)
+                case = f"noise {noise}, seed {seed}, {frame_rate} /s, image period {image_period}: {describe(result)}"
+                case += " / truth " + ", ".join(f"{t.ed}->{t.es}{'' if t.whole else ' cut'}" for t in truth)
+                accepted = [b for b in result["beats"] if b["accepted"]]
+                assert [b for b in accepted if near(b, after_hump)], case
+                assert all(any(near(b, t) for b in accepted) for t in whole), case
+                assert all(any(near(b, t) for t in whole) for b in accepted), case
+                assert result["ef_percent"] == pytest.approx(np.mean([t.ef for t in whole]), abs=2.0), case
+
+
+@pytest.mark.parametrize("from_images", [True, False], ids=["images_period", "lv_curve_period"])
+def test_every_cycle_of_the_real_120_frame_cine_is_listed(from_images):
+    """The demo model's LV curve of pydicom-data's real 120-frame cine (``tests/data``, 30 frames/s, 27 frames a
+    cycle): its second whole cycle has a double-humped diastole (maxima near frames 38 and 48, ES near 60), and the
+    beats of bundle 0.8.0 skipped that cycle (0->4 cut, 20->31, 76->85, 102->114). Every cycle the curve shows is
+    listed: the partial first one rejected as cut by the cine's start, and one beat per end-systolic minimum of the
+    curve (frames 31, 60, 85, 113); the skipped cycle with ED where its systole starts (48, not the early hump at 38)
+    and ES 60, accepted (EF 39.9 %, as the other beats' 33-39 %); the cine's EF the mean of the four beats."""
+    fixture = json.loads(REAL_CURVE_FIXTURE.read_text())
+    volumes = np.asarray(fixture["volume_ml"])
+    image_period = fixture["image_period_frames"] if from_images else None
+    result = analyse_beats(volumes, fixture["frame_rate"], image_period=image_period)
+    assert result["period_frames"] == 27, describe(result)
+    first, *whole = result["beats"]
+    assert first["ed"] == 0 and not first["accepted"] and "cut by the cine's start" in first["reason"]
+    for beat, es in zip(whole, (31, 60, 85, 113), strict=True):
+        assert abs(beat["es"] - es) <= 2 and beat["accepted"], describe(result)
+    (skipped,) = [b for b in whole if abs(b["es"] - 60) <= 2]
+    assert 46 <= skipped["ed"] <= 50 and 58 <= skipped["es"] <= 62, describe(result)
+    assert skipped["ef_percent"] == pytest.approx(39.9, abs=1.0)
+    assert result["beats_accepted"] == 4
+    assert result["ef_percent"] == pytest.approx(np.mean([b["ef_percent"] for b in whole]))
+    assert result["ef_percent"] == pytest.approx(37.3, abs=0.1)
 
 
 # ------------------------------------------------------------------------------------------- 5. half cycles

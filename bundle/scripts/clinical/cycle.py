@@ -150,6 +150,8 @@ LONG_CINE_FRAMES = 60  # the same, for a cine without a frame rate
 START_STROKE_FRACTION = 0.8  # a beat from frame 0 needs this fraction of the other beats' median stroke
 MIN_STROKE_FRACTION = 0.3  # a beat's EDV - ESV against the curve's 5-95 % spread; below it the beat is a wiggle
 OUTLIER_EF_POINTS = 12.0  # a beat whose EF is this far (and 3 robust SDs) from the other beats' median is rejected
+MISSED_CYCLE_GAP = 1.5  # periods without an ED candidate (between two, or to the cine's end) that hide a cycle
+ED_SEPARATION_FRACTION = 0.7  # of the period: the least distance between two ED candidates
 
 
 def _lag_range(n: int, frame_rate: float | None, cycles: float = 1.5) -> tuple[int, int]:
@@ -327,18 +329,132 @@ def _reject_wiggles(beats: list[dict], volumes: np.ndarray) -> None:
             _reject(beat, f"a wiggle, not a beat: its stroke is {stroke / spread:.0%} of the LV curve's swing")
 
 
+def _systole_after(light: np.ndarray, frame: int, period: int) -> tuple[bool, float]:
+    """Whether the curve ``light`` [T] has an end-systole within ``SYSTOLE_FRACTION_RANGE`` of the period after
+    ``frame``, and how far it falls from ``frame`` to the lowest frame there.
+
+    It has none when that lowest frame is the window's last and the curve still falls after it: the systole does
+    not start at ``frame`` (an early-filling hump, followed by a dip and the late filling, falls into the next
+    systole only past the window). A window cut by the cine's end counts as having one (the beat is cut instead).
+    """
+    n = len(light)
+    lo_frac, hi_frac = SYSTOLE_FRACTION_RANGE
+    first, last = frame + max(1, int(round(lo_frac * period))), min(n - 1, frame + int(round(hi_frac * period)))
+    if first > last:
+        return False, 0.0
+    lowest = first + int(np.argmin(light[first : last + 1]))
+    still_falling = lowest == last and lowest + 1 < n and light[lowest + 1] < light[lowest]
+    return not still_falling, float(light[frame] - light[lowest])
+
+
+def _move_eds_to_systole_onsets(
+    candidates: np.ndarray, detection: np.ndarray, light: np.ndarray, period: int
+) -> np.ndarray:
+    """ED candidates on an early-filling hump moved to the maximum their cycle's systole starts from.
+
+    A diastole with two humps (early filling, a dip, the atrial kick: real LV curves show it) whose early hump is
+    the higher one gives the peak search a candidate that no systole follows within ``SYSTOLE_FRACTION_RANGE``
+    (:func:`_systole_after`). Such a candidate is moved to the later local maximum of ``detection`` inside that
+    window that a systole does follow (the largest fall when several do), when that one is at least
+    ``ED_SEPARATION_FRACTION`` of a period before the next candidate; otherwise it stays (and its beat is rejected
+    for having no end-systole).
+
+    Args:
+        candidates: sorted ED candidate frames.
+        detection: ``[T]`` the curve minus its running mean over a period (where the candidates were found).
+        light: ``[T]`` the lightly smoothed curve (where ED and ES are placed).
+        period: the cardiac period in frames.
+
+    Returns:
+        the sorted candidates.
+    """
+    local_maxima, _ = find_peaks(detection)
+    separation = ED_SEPARATION_FRACTION * period
+    window = int(round(SYSTOLE_FRACTION_RANGE[1] * period))
+    moved = []
+    for k, candidate in enumerate(int(c) for c in candidates):
+        following = int(candidates[k + 1]) if k + 1 < len(candidates) else math.inf
+        if not _systole_after(light, candidate, period)[0]:
+            later = [
+                int(m)
+                for m in local_maxima[(local_maxima > candidate) & (local_maxima <= candidate + window)]
+                if m <= following - separation and _systole_after(light, int(m), period)[0]
+            ]
+            if later:
+                candidate = max(later, key=lambda frame: _systole_after(light, frame, period)[1])
+        moved.append(candidate)
+    return np.asarray(sorted(moved), dtype=int)
+
+
+def _add_missed_eds(candidates: np.ndarray, detection: np.ndarray, light: np.ndarray, period: int) -> np.ndarray:
+    """ED candidates with one added in every stretch of the cine that holds a cycle the peak search missed.
+
+    The peak search keeps maxima ``ED_SEPARATION_FRACTION`` of a period apart and 25 % of the spread prominent, so
+    in a double-humped diastole (early filling, a dip, the atrial kick) the early hump can suppress the late one
+    and neither be kept: the whole cycle would be missing from the beats. A stretch holds a missed cycle when it
+    runs more than ``MISSED_CYCLE_GAP`` periods without a candidate: between two candidates, or from the cine's
+    first frame to the first candidate, or from the last candidate to the last frame (the next ED, a period on,
+    lies more than half a period inside it, so its systole is in the cine). Its ED is the local maximum of
+    ``detection`` at least the separation from the candidates that a systole follows (:func:`_systole_after`: the
+    frame systole starts from, not an early-filling hump), the one the curve falls most from when several do (or
+    none does). Repeated until no such stretch is left; nothing is added to a cine without a candidate.
+
+    Args:
+        candidates: sorted ED candidate frames.
+        detection: ``[T]`` the curve minus its running mean over a period (where the candidates were found).
+        light: ``[T]`` the lightly smoothed curve (where ED and ES are placed).
+        period: the cardiac period in frames.
+
+    Returns:
+        the sorted candidates, the added ones included.
+    """
+    n = len(light)
+    found = sorted(int(c) for c in candidates)
+    if not found:
+        return np.asarray(candidates, dtype=int)
+    local_maxima, _ = find_peaks(detection)
+    separation = ED_SEPARATION_FRACTION * period
+    gap = MISSED_CYCLE_GAP * period
+    while True:
+        stretches = []  # (first, last) frame where the missed ED may lie
+        if found[0] > gap:
+            stretches.append((1, found[0] - separation))
+        stretches += [(a + separation, b - separation) for a, b in zip(found[:-1], found[1:]) if b - a > gap]
+        if n - 1 - found[-1] > gap:
+            stretches.append((found[-1] + separation, n - 2))
+        added = []
+        for first, last in stretches:
+            inside = local_maxima[(local_maxima >= first) & (local_maxima <= last)]
+            if len(inside):
+                added.append(int(max(inside, key=lambda frame: _systole_after(light, int(frame), period))))
+        if not added:
+            return np.asarray(found, dtype=int)
+        found = sorted(found + added)
+
+
 def _periodic_beats(volumes: np.ndarray, period: int, frame_problems: dict[int, str]) -> list[dict]:
-    """Beats of a periodic curve: ED at each cycle's maximum, ES at the minimum inside the systolic window."""
+    """Beats of a periodic curve: ED at each cycle's maximum, ES at the minimum inside the systolic window.
+
+    Every cycle the curve shows is listed: an ED candidate on an early-filling hump is moved to where systole
+    starts (:func:`_move_eds_to_systole_onsets`) and a cycle the peak search missed is found
+    (:func:`_add_missed_eds`).
+    """
     filled = _fill_nan(volumes)
     n = len(filled)
     light = gaussian_filter1d(filled, max(0.8, period / 20.0), mode="nearest")
     trend = np.convolve(np.pad(light, period // 2, mode="edge"), np.ones(period) / period, mode="valid")[:n]
     detection = light - trend
     spread = float(np.percentile(detection, 95) - np.percentile(detection, 5))
-    candidates, _ = find_peaks(detection, distance=max(1, int(0.7 * period)), prominence=0.25 * spread)
+    candidates, _ = find_peaks(
+        detection, distance=max(1, int(ED_SEPARATION_FRACTION * period)), prominence=0.25 * spread
+    )
+    candidates = _move_eds_to_systole_onsets(candidates, detection, light, period)
+    candidates = _add_missed_eds(candidates, detection, light, period)
     # a cine that may start at ED: frame 0 is a candidate when no ED is near it and the curve falls from it; its
     # beat is kept only if its stroke matches the other beats' (a cine that starts in systole has a short one)
-    starts_at_ed = bool(len(candidates) > 0 and candidates[0] >= 0.7 * period and light[1] <= light[0])
+    starts_at_ed = bool(
+        len(candidates) > 0 and candidates[0] >= ED_SEPARATION_FRACTION * period and light[1] <= light[0]
+    )
     if starts_at_ed:
         candidates = np.concatenate([[0], candidates])
     reach = max(1, int(round(period / 6.0)))
@@ -411,7 +527,9 @@ def analyse_beats(
     A cine that holds more than a cycle (a period is found in the images by :func:`motion_period`, passed as
     ``image_period``, or else in the curve by :func:`cardiac_period`): each cycle's ED is a maximum
     of the lightly smoothed curve (maxima found on the curve minus its running mean over a period, at least 0.7 of a
-    period apart), its ES the minimum within ``SYSTOLE_FRACTION_RANGE`` of the period after ED. A beat is rejected
+    period apart; a maximum on the early hump of a double-humped diastole moved to where systole starts, and a
+    stretch of more than ``MISSED_CYCLE_GAP`` periods without one searched again, so that every cycle is listed), its
+    ES the minimum within ``SYSTOLE_FRACTION_RANGE`` of the period after ED. A beat is rejected
     when it is cut by the cine's ends, when the minimum lies on the window's edge (no end-systole where the period
     allows one), when its ED or ES frame has a broken mask (``frame_problems``), when the ED volume is not above the
     ES volume, or (with 3 or more accepted beats) when its EF is an outlier against the others.
