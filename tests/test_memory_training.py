@@ -180,6 +180,30 @@ def test_perturbed_mask_is_a_rough_copy() -> None:
         assert set(rough.unique().tolist()) <= {0.0, 1.0}
 
 
+def test_perturb_px_sets_how_rough_the_given_masks_are() -> None:
+    """``perturb_px`` (config ``given_mask_perturb_px``): the masks handed over are grown or shrunk by up to that many
+    pixels; the default 2 never moves a border by more than 2 (plus the shift)."""
+    mask = torch.zeros(1, 48, 48)
+    mask[0, 12:36, 14:34] = 1
+    area = float(mask.sum())
+
+    def area_changes(**kwargs) -> list[float]:
+        torch.manual_seed(0)
+        return [abs(float(perturb_mask(mask, max_shift=0, **kwargs).sum()) - area) for _ in range(40)]
+
+    side = 2 * (24 + 20)  # the border's length: a 1 px change of the border moves about this many pixels
+    assert max(area_changes()) <= 2 * side + 16
+    assert max(area_changes(max_radius=5)) > 3 * side
+    label = torch.zeros(1, 1, 48, 48, 6, dtype=torch.long)
+    label[0, 0, 12:36, 14:34] = 1
+    annotated = torch.ones(1, 6, dtype=torch.bool)
+    torch.manual_seed(1)
+    rough, _ = given_true_masks(label, annotated, num_objects=1, prob=1.0, perturb_prob=1.0, perturb_px=6)
+    assert any(abs(float(rough[0, 0, ..., t].sum()) - area) > 3 * side for t in range(5))
+    with pytest.raises(ValueError, match="perturb_px"):
+        PrepareClipBatch(given_mask_prob=0.5, perturb_px=0)
+
+
 def test_prepare_clip_batch_hands_given_masks_to_the_inferer() -> None:
     batch = {
         "image": torch.rand(2, 1, 16, 16, 5),

@@ -19,6 +19,7 @@ from . import REPO_ROOT
 from . import __doc__ as PACKAGE_DOC
 from .build import build_physics_set, case_bases
 from .imaging import Imaging
+from .memory_check import memory_against_frames_alone
 
 CONFIGS = "['bundle/configs/train.json','bundle/configs/evaluate.json']"
 
@@ -105,15 +106,17 @@ def table(rows: dict[str, dict]) -> str:
     bases = ("four_chamber", "open", "closed")
     head = (
         "| checkpoint | LV Dice (all frames) | HD95 mm | Dice ED / ES | Dice four-chamber / open / closed base "
-        "| EF bias / SD / r (points) | predicted / true EDV, ESV |"
+        "| EF bias / SD / r (points) | predicted / true EDV, ESV | Dice memory / frames alone (all; ES) |"
     )
-    lines = [head, "|" + "---|" * 7]
+    lines = [head, "|" + "---|" * 8]
     for name, r in rows.items():
         by_base = " / ".join(f"{r['lv_dice_by_base'].get(b, float('nan')):.3f}" for b in bases)
         lines.append(
             f"| {name} | {r['lv_dice']:.3f} ± {r['lv_dice_sd']:.3f} | {r['lv_hd95_mm']:.1f} "
             f"| {r['lv_dice_ed']:.3f} / {r['lv_dice_es']:.3f} | {by_base} "
-            f"| {r['ef_bias']:+.1f} / {r['ef_sd']:.1f} / {r['ef_r']:.2f} | {r['edv_ratio']:.2f}, {r['esv_ratio']:.2f} |"
+            f"| {r['ef_bias']:+.1f} / {r['ef_sd']:.1f} / {r['ef_r']:.2f} | {r['edv_ratio']:.2f}, {r['esv_ratio']:.2f} "
+            f"| {r['dice_memory']:.3f} / {r['dice_frames_alone']:.3f}; {r['dice_es_memory']:.3f} / "
+            f"{r['dice_es_frames_alone']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -134,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, checkpoint in zip(names, args.ckpt):
         eval_dir = args.eval_dir / name
         evaluate(checkpoint.resolve(), data.resolve(), args.cases, eval_dir)
-        rows[name] = summarise(eval_dir, data)
+        rows[name] = summarise(eval_dir, data) | memory_against_frames_alone(checkpoint.resolve(), data)
     text = table(rows)
     print(text)
     result = {

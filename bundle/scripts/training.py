@@ -59,7 +59,8 @@ class PrepareClipBatch:
 
     ``given_mask_prob > 0`` (training only; off in the paper's recipe): each annotated frame but the clip's last is,
     with this probability, followed by its true mask as the next frame's previous-mask input (perturbed with
-    probability ``perturb_prob``: shifted by up to 3 px and grown or shrunk by 1-2 px, as a user's rough correction
+    probability ``perturb_prob``: shifted by up to ``max(3, perturb_px)`` px and grown or shrunk by 1..``perturb_px``
+    px, as a user's rough correction
     would be), so that the value encoder learns to use the mask it is given. ``empty_mask_prob > 0``: after other
     frames, with this probability, an empty previous mask (as every cine's first frame has), so that the network reads
     an empty mask as "nothing known" (:func:`given_true_masks`). The batch is then
@@ -75,6 +76,7 @@ class PrepareClipBatch:
         label_key: str = "label",
         given_mask_prob: float = 0.0,
         perturb_prob: float = 0.5,
+        perturb_px: int = 2,
         num_objects: int = 1,
         empty_mask_prob: float = 0.0,
     ) -> None:
@@ -88,6 +90,9 @@ class PrepareClipBatch:
         self.label_key = label_key
         self.given_mask_prob = float(given_mask_prob)
         self.perturb_prob = float(perturb_prob)
+        if int(perturb_px) < 1:
+            raise ValueError(f"perturb_px must be a positive number of pixels, got {perturb_px!r}")
+        self.perturb_px = int(perturb_px)
         self.num_objects = int(num_objects)
         self.empty_mask_prob = float(empty_mask_prob)
 
@@ -106,7 +111,13 @@ class PrepareClipBatch:
         given = None
         if self.given_mask_prob > 0 or self.empty_mask_prob > 0:
             given = given_true_masks(
-                label, frames, self.num_objects, self.given_mask_prob, self.perturb_prob, self.empty_mask_prob
+                label,
+                frames,
+                self.num_objects,
+                self.given_mask_prob,
+                self.perturb_prob,
+                self.empty_mask_prob,
+                self.perturb_px,
             )
         label = label.masked_fill(~supervised[:, None, None, None, :], IGNORE_LABEL)
         label = label.to(device=device, non_blocking=non_blocking)
@@ -124,6 +135,7 @@ def given_true_masks(
     prob: float,
     perturb_prob: float,
     empty_prob: float = 0.0,
+    perturb_px: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw the frames whose true (or an empty) mask becomes the next previous mask (see :class:`PrepareClipBatch`).
 
@@ -148,15 +160,16 @@ def given_true_masks(
     frames = masks.permute(0, 4, 1, 2, 3).reshape(b * t, n, h, w)
     chosen = (flags.reshape(-1) & (torch.rand(b * t) < perturb_prob)).nonzero().flatten().tolist()
     for i in chosen:
-        frames[i] = perturb_mask(frames[i])
+        frames[i] = perturb_mask(frames[i], max_shift=max(3, perturb_px), max_radius=perturb_px)
     return frames.reshape(b, t, n, h, w).permute(0, 2, 3, 4, 1).contiguous(), flags
 
 
-def perturb_mask(mask_NHW: torch.Tensor, max_shift: int = 3) -> torch.Tensor:
-    """A rough copy of a ``[N, H, W]`` binary mask: shifted by up to ``max_shift`` px, then grown or shrunk 1-2 px."""
+def perturb_mask(mask_NHW: torch.Tensor, max_shift: int = 3, max_radius: int = 2) -> torch.Tensor:
+    """A rough copy of a ``[N, H, W]`` binary mask: shifted by up to ``max_shift`` px, then grown or shrunk by
+    1..``max_radius`` px."""
     dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,)))
     shifted = torch.roll(mask_NHW, shifts=(dy, dx), dims=(-2, -1))
-    radius = int(torch.randint(1, 3, (1,)))
+    radius = int(torch.randint(1, max_radius + 1, (1,)))
     kernel = 2 * radius + 1
     if bool(torch.rand(1) < 0.5):
         return F.max_pool2d(shifted[None], kernel, stride=1, padding=radius)[0]
