@@ -25,12 +25,14 @@ demo: $(STAMP)
 	$(PY) demo.py
 
 # CPU benchmarks (each prints a table and saves JSON under results/; see docs/benchmarks.md).
-# real_echo needs a trained model (make demo) and the 120-frame cine from requirements-bench.txt.
+# real_echo needs a trained model (make demo) and the 120-frame cine from requirements-bench.txt; bench.physics
+# simulates its validation set once (about 16 minutes on 2 cores, cached in results/physics_echo/).
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) bench/network.py
 	$(PY) bench/scaling.py --threads 1
 	$(PY) bench/real_echo.py
+	$(PY) -m bench.physics --docs
 
 clean:
 	rm -rf $(VENV) bundle/data bundle/eval

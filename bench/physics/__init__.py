@@ -9,11 +9,12 @@ nothing with ``scripts.synthetic``: the set measures how a model trained on the 
 wave physics, and is used to choose the generator's settings, never as training data.
 
 ``python -m bench.physics`` (repository root) builds the set once (cached in ``results/physics_echo/``, one worker
-process per core; about 10 minutes for the default 9 cines on 2 cores), then evaluates each ``--ckpt`` with the
+process per core; 16 minutes for the default 9 cines on 2 cores), then evaluates each ``--ckpt`` with the
 bundle's own ``run evaluating`` (evaluate.json: every frame, LV Dice, HD95, EF against the exact phantom volumes)
 and prints a table: LV Dice and HD95 over all frames, by base, at ED and ES; EF bias / SD / r against the phantoms;
-the predicted over the true ED and ES volume. ``--docs`` writes ``docs/benchmarks_physics.md`` and a figure; the
-JSON goes to ``results/bench_physics_echo.json``. Needs ``pymust`` (``requirements-bench.txt``).
+the predicted over the true ED and ES volume; and, with the same weights, LV Dice with the memory against every frame
+segmented alone (``memory_check.py``). ``--docs`` writes ``docs/benchmarks_physics.md`` and a figure; the JSON goes
+to ``results/bench_physics_echo.json``. Needs ``pymust`` (in ``requirements.txt``).
 """
 
 import os

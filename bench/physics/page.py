@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -59,32 +60,41 @@ def write_page(result: dict, table: str, names: list[str], checkpoints: list[Pat
     """The benchmark page: how the set is made, the command, the table, the figure (first checkpoint)."""
     figure = write_figure(checkpoints[0], data)
     imaging = result["imaging"]
-    text = f"""# Physics-simulated echo (issue 24)
-
-Produced by `python -m bench.physics --docs` (`bench/physics/`); JSON in `results/bench_physics_echo.json`.
-{result["cases"]} apical four-chamber half cycles (ED -> ES, a label on every frame), seed {result["seed"]}, simulated
-by PyMUST (`pymust`, SIMUS and delay-and-sum; a 64-element 2.7 MHz phased array, {imaging["transmits"]} diverging
-wave(s) per frame, {imaging["attenuation_db_cm_mhz"]} dB/cm/MHz attenuation and its time-gain compensation, a
-{2 * imaging["half_angle_deg"]:.0f}-degree sector to {imaging["depth_mm"]:.0f} mm, {imaging["dynamic_range_db"]:.0f} dB
-dynamic range, {result["density_per_mm2"]} tissue scatterers per mm^2), from scatterer phantoms that share no code
-with the synthetic generator: LV length, width, wall thickness, base truncation, EF and tissue contrast drawn per
-cine; three bases in turn: **four-chamber** (mitral opening with closed leaflets, left and right atria, right
-ventricle), **open** (mitral opening and left atrium only), **closed** (a closed ellipsoid: myocardium across the
-base, no atria, the kind of phantom that understates a model's reach to the annulus). Masks are exact (CAMUS
-convention: the LV closed by the annulus line); EF against the exact volumes of the phantom's truncated prolate
-ellipsoid, the model's EF by the bundle's single-plane Simpson. Every number comes from the bundle's own
-`run evaluating` (evaluate.json, every frame) on the set. The set is for measuring and for choosing the generator's
-settings, never for training.
-
-{table}
-
-Checkpoints: {", ".join(f"`{name}` = `{result['checkpoints'][name]}`" for name in names)}. Run time
-{result["seconds"] / 60:.1f} min (building the set is cached in `results/physics_echo/`).
-
-![physics-simulated cines](images/physics_echo_examples.png)
-
-The figure: ED (top) and ES (bottom) of the first cine of each base, the truth (green) and `{names[0]}` (red).
-"""
-    PAGE.write_text(text)
+    how = (
+        f"{result['cases']} apical four-chamber half cycles (ED -> ES, a label on every frame), seed {result['seed']}, "
+        f"simulated by PyMUST (`pymust`: SIMUS and delay-and-sum; a 64-element 2.7 MHz phased array, "
+        f"{imaging['transmits']} diverging waves per frame compounded, {imaging['attenuation_db_cm_mhz']} dB/cm/MHz "
+        f"attenuation and its time-gain compensation, a {2 * imaging['half_angle_deg']:.0f}-degree sector to "
+        f"{imaging['depth_mm']:.0f} mm, {imaging['dynamic_range_db']:.0f} dB dynamic range, "
+        f"{result['density_per_mm2']} tissue scatterers per mm^2, twice that in the LV wall) from scatterer phantoms "
+        "that share no code with the synthetic generator: LV length, width, wall thickness, base truncation, EF, "
+        "long-axis shortening and tissue contrast drawn per cine; three bases in turn: **four-chamber** (mitral "
+        "opening with closed leaflets, left and right atria, right ventricle), **open** (mitral opening and left "
+        "atrium only), **closed** (a closed ellipsoid: myocardium across the base, no atria). Masks are exact (CAMUS "
+        "convention: the LV closed by the annulus line); the reference EF is that of the phantom's exact volumes "
+        "(truncated prolate ellipsoid), the model's EF the bundle's single-plane Simpson. Every number but the last "
+        "column comes from the bundle's own `run evaluating` (evaluate.json, every frame) on the set; the last column "
+        "is LV Dice with the same weights stepped with their memory and with every frame segmented alone (a one-frame "
+        "cine: empty state, warm start), over all frames and on the ES frame (the last). The set is for measuring "
+        "and for choosing the generator's settings, never for training."
+    )
+    checkpoints_line = "Checkpoints: " + ", ".join(f"`{name}` = `{result['checkpoints'][name]}`" for name in names)
+    checkpoints_line += f". Run time {result['seconds'] / 60:.1f} min (the set is built once and cached)."
+    text = "\n\n".join(
+        [
+            "# Physics-simulated echo (issue 24)",
+            "Produced by `python -m bench.physics --docs` (`bench/physics/`); JSON: `results/bench_physics_echo.json`.",
+            textwrap.fill(how, 118),
+            table,
+            textwrap.fill(checkpoints_line, 118),
+            "![physics-simulated cines](images/physics_echo_examples.png)",
+            textwrap.fill(
+                f"The figure: ED (top) and ES (bottom) of the first cine of each base, the truth (green) and "
+                f"`{names[0]}` (red).",
+                118,
+            ),
+        ]
+    )
+    PAGE.write_text(text + "\n")
     print(f"wrote {PAGE} and {figure}")
     return PAGE
