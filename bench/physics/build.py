@@ -10,7 +10,6 @@ source of this package: a set written by other code or arguments is written agai
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -29,11 +28,9 @@ VIEW = "4CH"
 
 def package_version() -> str:
     """Short sha1 of this package's source: a cache written by other code is rebuilt."""
-    digest = hashlib.sha1()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+    from scripts.synthetic.writers import source_version
+
+    return source_version(Path(__file__).parent)
 
 
 def case_bases(n_cases: int) -> list[str]:
@@ -84,6 +81,18 @@ def simulate_case(
         "simulator": "PyMUST simus (P4-2v), delay-and-sum",
     }
     return np.stack(images, axis=-1), np.stack(labels, axis=-1), truth
+
+
+def load_case(truth_path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A written case from its ``*_physics.json``: (image [H, W, T] uint8, labels [H, W, T] uint8, truth dict)."""
+    import nibabel as nib
+
+    stem = truth_path.name.removesuffix("_physics.json")
+
+    def read(suffix: str) -> np.ndarray:  # CAMUS NIfTI arrays are (W, H, T)
+        return np.swapaxes(np.asarray(nib.load(truth_path.with_name(f"{stem}_{suffix}.nii.gz")).dataobj), 0, 1)
+
+    return read("half_sequence"), read("half_sequence_gt"), json.loads(truth_path.read_text())
 
 
 def _case_files(folder: Path, pid: str) -> list[Path]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from .build import load_case
 
 
 def _dice(predicted_HWT: np.ndarray, truth_HWT: np.ndarray) -> np.ndarray:
@@ -19,7 +20,6 @@ def memory_against_frames_alone(checkpoint: Path, data: Path) -> dict:
     """LV Dice of each cine stepped as inference steps it (``memory``) and with every frame segmented alone (a
     cine of one frame: empty state, and the warm start when the checkpoint's network has it), same weights, same
     geometry as the bundle's inference (``real_echo.segment``); mean over frames, and on the last (ES) frame."""
-    import nibabel as nib
     import torch
     from real_echo import segment
 
@@ -31,15 +31,13 @@ def memory_against_frames_alone(checkpoint: Path, data: Path) -> dict:
     torch.set_num_threads(2)
     memory, alone = [], []
     for truth_path in sorted((data / "database_nifti").glob("patient*/*_physics.json")):
-        stem = truth_path.name.removesuffix("_physics.json")
-        image = np.swapaxes(np.asarray(nib.load(truth_path.with_name(f"{stem}_half_sequence.nii.gz")).dataobj), 0, 1)
-        truth = np.swapaxes(np.asarray(nib.load(truth_path.with_name(f"{stem}_half_sequence_gt.nii.gz")).dataobj), 0, 1)
-        spacing = tuple(json.loads(truth_path.read_text())["spacing_mm"])
+        image, truth_labels, truth = load_case(truth_path)
+        spacing = tuple(truth["spacing_mm"])
         cine = image.astype(np.float32) / 255.0
         stepped = segment(net, cine, spacing, size, keep_aspect)
         single = [segment(net, cine[..., t : t + 1], spacing, size, keep_aspect) for t in range(cine.shape[-1])]
-        memory.append(_dice(stepped, truth))
-        alone.append(_dice(np.concatenate(single, axis=-1), truth))
+        memory.append(_dice(stepped, truth_labels))
+        alone.append(_dice(np.concatenate(single, axis=-1), truth_labels))
     return {
         "dice_memory": float(np.mean([d.mean() for d in memory])),
         "dice_frames_alone": float(np.mean([d.mean() for d in alone])),

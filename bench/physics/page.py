@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import REPO_ROOT
+from .build import load_case
 
 PAGE = REPO_ROOT / "docs" / "benchmarks_physics.md"
 FIGURE = REPO_ROOT / "docs" / "images" / "physics_echo_examples.png"
@@ -20,7 +21,6 @@ def write_figure(checkpoint: Path, data: Path, path: Path = FIGURE) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import nibabel as nib
     import torch
     from real_echo import segment
 
@@ -35,9 +35,8 @@ def write_figure(checkpoint: Path, data: Path, path: Path = FIGURE) -> Path:
     torch.set_num_threads(2)
     for column, (base, truth_path) in enumerate(firsts.items()):
         stem = truth_path.name.removesuffix("_physics.json")
-        image = np.swapaxes(np.asarray(nib.load(truth_path.with_name(f"{stem}_half_sequence.nii.gz")).dataobj), 0, 1)
-        label = np.swapaxes(np.asarray(nib.load(truth_path.with_name(f"{stem}_half_sequence_gt.nii.gz")).dataobj), 0, 1)
-        spacing = tuple(json.loads(truth_path.read_text())["spacing_mm"])
+        image, label, truth = load_case(truth_path)
+        spacing = tuple(truth["spacing_mm"])
         predicted = segment(
             net, image.astype(np.float32) / 255.0, spacing, settings["spatial_size"], settings["keep_aspect"]
         )

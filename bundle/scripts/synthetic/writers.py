@@ -43,15 +43,20 @@ def _write_text(path: Path, text: str) -> None:
 STAMP_FILE = "synthetic_generator.json"
 
 
-def generator_version() -> str:
-    """Short sha1 of this package's source files: data written by another version of the generator differs."""
+def source_version(folder: str | Path) -> str:
+    """Short sha1 of the ``*.py`` files in ``folder`` (names and contents): data written by other code differs."""
     import hashlib
 
     digest = hashlib.sha1()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    for path in sorted(Path(folder).glob("*.py")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def generator_version() -> str:
+    """Short sha1 of this package's source files: data written by another version of the generator differs."""
+    return source_version(Path(__file__).parent)
 
 
 DEFAULT_FRAMES = (10, 22)
