@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/scaling.py --threads 1
 	$(PY) bench/real_echo.py
 	$(PY) -m bench.physics --docs
+	$(PY) bench/drift_check.py --docs
 
 clean:
 	rm -rf $(VENV) bundle/data bundle/eval

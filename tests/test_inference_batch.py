@@ -172,6 +172,7 @@ def test_streams_step_cines_together_with_the_labels_of_one_by_one(models, tmp_p
         # the numbers too; the network's confidence (softmax of batched logits) to float rounding
         first, second = (json.loads((runs[n] / f"{stem}_seg.json").read_text()) for n in (1, 3))
         assert _same_numbers(first, second), stem
+        assert second["quality"]["checks"]["memory_checked_frames"], stem  # the memory check ran in the stepper too
 
 
 def test_the_writer_takes_the_input_decoded_once(tmp_path, monkeypatch) -> None:

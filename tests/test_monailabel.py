@@ -266,6 +266,7 @@ def test_served_as_trained_equals_the_bundles_own_inference(server: dict, record
         for key in ("quality", "beats", "beats_accepted", "ed_es_pairs", "period_frames", "ef_percent", "model"):
             assert same_json(measured[key], summary[key]), (stem, key, measured[key], summary[key])
         assert measured["quality"]["verdict"] in ("ok", "review", "reject") and len(measured["model"]["sha256"]) == 64
+        assert measured["quality"]["checks"]["memory_checked_frames"], stem  # the app ran the memory check too
     scores = {}
     for stem, gt in server["truth"].items():
         served = np.asarray(nib.load(str(work / f"{stem}_label.nii.gz")).dataobj)

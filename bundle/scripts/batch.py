@@ -37,6 +37,7 @@ from scripts.console import failure_reason
 from scripts.data.errors import EchoDataError
 from scripts.data.video_io import SOURCE_KEY
 from scripts.inference import find_cines, is_complete, output_stem
+from scripts.memory_check import DEFAULT_CHECKED_FRAMES, MEMORY_CHECK_KEY, memory_check
 from scripts.records import (
     FAILED,
     IGNORED,
@@ -159,6 +160,10 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
             written when its last frame is done; an iteration then hands the writers the cines that finished during
             it, and the rest are drained at the end. Cines with a user's corrections, and networks without GDKVM's
             fixed-size state, are segmented one by one as with 1.
+        memory_check_frames: frames of each cine segmented again alone by the same network
+            (:func:`scripts.memory_check.memory_check`; ``inference.json``: ``memory_check_frames``), handed to the
+            writer as ``item["memory_check"]`` for the verdict; 0 turns it off. Cines with a user's corrections are
+            not checked (their stepped masks follow the drawn ones on purpose).
         Other arguments: as ``monai.engines.SupervisedEvaluator``.
     """
 
@@ -171,6 +176,7 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
         postprocessing: Callable | None = None,
         writers: int = 0,
         streams: int = 1,
+        memory_check_frames: int = DEFAULT_CHECKED_FRAMES,
         **kwargs: Any,
     ) -> None:
         kwargs["decollate"] = True
@@ -186,6 +192,9 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
             raise ValueError(f"streams must be at least 1, got {streams}")
         self.streams = int(streams)
         self._cines: CineStreams | None = None
+        if int(memory_check_frames) < 0:
+            raise ValueError(f"memory_check_frames must be 0 (off) or more, got {memory_check_frames}")
+        self.memory_check_frames = int(memory_check_frames)
 
     # ------------------------------------------------------------------------------------------------ iteration
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> Any:
@@ -205,6 +214,8 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 super()._iteration(engine, batchdata)  # prepare_batch, inferer, decollate (MODEL_COMPLETED)
+                for item, output in zip(engine.state.batch, engine.state.output):
+                    self._check_memory(item, output)
         except Exception as e:
             for source in sources:
                 self.note(source, FAILED, failure_reason(e, source), traceback.format_exc())
@@ -283,7 +294,23 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
             outputs = decollate_batch(output, detach=True)
             for i, (item, out) in enumerate(zip(items, outputs)):
                 item.update({key: values[i] for key, values in carried.items()})
+                try:
+                    self._check_memory(item, out)
+                except Exception as e:
+                    self.note(str(cine.key), FAILED, failure_reason(e, str(cine.key)), traceback.format_exc())
+                    continue
                 self._write(str(cine.key), item, out)
+
+    def _check_memory(self, item: Mapping[str, Any], output: dict[str, Any]) -> None:
+        """``output["memory_check"]``: :func:`scripts.memory_check.memory_check` of one segmented cine (``image``
+        ``[1, H, W, T]`` and ``pred`` logits ``[K, H, W, T]`` of ``output``); nothing for a corrected cine or with
+        ``memory_check_frames`` 0."""
+        if self.memory_check_frames == 0 or "corrections" in item:
+            return
+        with self.mode(self.network):
+            output[MEMORY_CHECK_KEY] = memory_check(
+                self.network, output[CommonKeys.IMAGE], output[CommonKeys.PRED], self.memory_check_frames
+            )
 
     def _write(self, source: str, item: dict, output: Any) -> None:
         """Hand one segmented cine to the writers; note the cines whose writing finished meanwhile."""

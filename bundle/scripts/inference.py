@@ -29,6 +29,7 @@ from scripts.geometry import (  # noqa: F401  (re-exported: scripts.inference.re
     resize_labels,
     restore_labels,
 )
+from scripts.memory_check import MEMORY_CHECK_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ class SaveCineResultd(MapTransform):
                 d if "corrections_drawn" in d else None,
                 d.get(CONFIDENCE_KEY),
                 decoded if isinstance(decoded, DecodedCine) else None,
+                d.get(MEMORY_CHECK_KEY),
             )
             d[f"{key}_{VERDICT_SUFFIX}"] = self.verdicts[str(source)]
         return d
@@ -256,6 +258,7 @@ class SaveCineResultd(MapTransform):
         corrections: Mapping[Hashable, Any] | None = None,
         confidence: Sequence[float] | None = None,
         decoded: DecodedCine | None = None,
+        memory_check: Mapping[str, Any] | None = None,
     ) -> dict[str, str]:
         """Write the outputs of ``pred`` (``[1, h, w, T]`` or ``[h, w, T]``) for the input file ``source``.
 
@@ -263,8 +266,9 @@ class SaveCineResultd(MapTransform):
         is decoded here.
         ``corrections``: the item :class:`scripts.corrections.LoadCorrectionsd` filled with a user's corrections:
         those frames are written exactly as drawn, at the source's resolution, and the JSON lists them as
-        ``corrected_frames``. ``confidence``: ``[T]`` per-frame network confidence (:class:`LVConfidenced`), for
-        the verdict.
+        ``corrected_frames``. ``confidence``: ``[T]`` per-frame network confidence (:class:`LVConfidenced`), and
+        ``memory_check``: the stepped masks against frames segmented alone (:mod:`scripts.memory_check`, put into
+        the item by the evaluator), for the verdict.
 
         Returns:
             ``{"label": path, "summary": path, ...}``: every file written (``image``, ``csv``, ``json``, ``png``,
@@ -287,7 +291,14 @@ class SaveCineResultd(MapTransform):
         known = bool(meta.get("spacing_known", all(math.isfinite(s) for s in spacing)))
         rate = _finite(meta.get("frame_rate"))
         report = clinical.measure_cine(
-            labels, spacing if known else None, rate, meta, original, confidence, lv_label=self.lv_label
+            labels,
+            spacing if known else None,
+            rate,
+            meta,
+            original,
+            confidence,
+            lv_label=self.lv_label,
+            memory_check=memory_check,
         )
         accepted = [b for b in report["beats"] if b["accepted"]]
         summary = {

@@ -63,7 +63,8 @@ class LabelToInputGeometryd(MapTransform):
     the drawn labels, at the input's resolution.
 
     With ``measure=True`` the labels are also measured as the bundle's inference measures them
-    (:func:`scripts.clinical.measure_cine`, with ``d["lv_confidence"]`` of :class:`scripts.inference.LVConfidenced`)
+    (:func:`scripts.clinical.measure_cine`, with ``d["lv_confidence"]`` of :class:`scripts.inference.LVConfidenced`
+    and ``d["memory_check"]`` of :func:`scripts.memory_check.memory_check`, which the MONAI Label app's task adds)
     and ``d["result"]["lv_measurement"]`` holds :func:`scripts.clinical.measurement_summary` (EF over the accepted
     beats, the beats, the verdict) and the model's identity: MONAI Label returns ``d["result"]`` as the result JSON.
     """
@@ -132,6 +133,7 @@ class LabelToInputGeometryd(MapTransform):
             image_HWT,
             d.get("lv_confidence"),
             lv_label=self.lv_label,
+            memory_check=d.get("memory_check"),
         )
         if self._model is None and self.model_file is not None and Path(self.model_file).is_file():
             from scripts.checkpoint import model_identity

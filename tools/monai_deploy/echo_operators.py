@@ -213,6 +213,9 @@ class EchoBundleInferenceOperator(MonaiBundleInferenceOperator):
         self._meta_key_postfix = self._get_meta_key_postfix(self._preproc)
         self.keep_aspect = bool(parser.get_parsed_content("keep_aspect"))
         self.num_classes = int(parser.get_parsed_content("num_classes"))
+        from scripts.memory_check import DEFAULT_CHECKED_FRAMES
+
+        self.memory_check_frames = int(parser.get_parsed_content("memory_check_frames", default=DEFAULT_CHECKED_FRAMES))
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("cine")
@@ -224,14 +227,17 @@ class EchoBundleInferenceOperator(MonaiBundleInferenceOperator):
             cine["path"], "inference", lambda: self._segment(cine), lambda e, problem: f"inference failed: {problem}"
         )
         if pred is not None:
-            labels, confidence = pred
-            op_output.emit({**cine, "pred": labels, "confidence": confidence, "keep_aspect": self.keep_aspect}, "seg")
+            labels, confidence, checked = pred
+            seg = {**cine, "pred": labels, "confidence": confidence, "memory_check": checked}
+            op_output.emit({**seg, "keep_aspect": self.keep_aspect}, "seg")
 
-    def _segment(self, cine: dict[str, Any]) -> tuple[np.ndarray, list[float]]:
-        """Labels ``[1, h, w, T]`` (uint8, network resolution) of the loader's cine and the network's per-frame
-        confidence in its LV (:func:`scripts.clinical.lv_confidence`, ``[T]``)."""
+    def _segment(self, cine: dict[str, Any]) -> tuple[np.ndarray, list[float], dict[str, Any] | None]:
+        """Labels ``[1, h, w, T]`` (uint8, network resolution) of the loader's cine, the network's per-frame
+        confidence in its LV (:func:`scripts.clinical.lv_confidence`, ``[T]``) and the stepped masks against a few
+        frames segmented alone (:func:`scripts.memory_check.memory_check`, the bundle's ``memory_check_frames``)."""
         from scripts.clinical import lv_confidence
         from scripts.data.video_io import to_meta_tensor
+        from scripts.memory_check import memory_check
 
         if self._model_network is None:
             self._model_network = torch.jit.load(str(self.served.path), map_location=self._device).eval()
@@ -251,8 +257,9 @@ class EchoBundleInferenceOperator(MonaiBundleInferenceOperator):
                     f"[1, {self.num_classes}, H, W, T] for labels {self.served.settings['labels']!r}"
                 )
             confidence = lv_confidence(torch.softmax(logits[0].float().cpu(), dim=0).numpy())
+            checked = memory_check(self._model_network, image.as_tensor(), logits[0], self.memory_check_frames)
             out = self.post_process(logits[0].cpu(), **{self.kw_preprocessed_inputs: data})
-        return np.asarray(torch.as_tensor(out["pred"]).cpu()).astype(np.uint8), confidence
+        return np.asarray(torch.as_tensor(out["pred"]).cpu()).astype(np.uint8), confidence, checked
 
 
 class EchoMeasurementsOperator(Operator):
@@ -288,7 +295,14 @@ class EchoMeasurementsOperator(Operator):
         rate = meta.get("frame_rate")
         rate = float(rate) if rate is not None and math.isfinite(float(rate)) else None
         report = clinical.measure_cine(
-            labels, spacing, rate, meta, seg["image"], seg.get("confidence"), lv_label=self.lv_label
+            labels,
+            spacing,
+            rate,
+            meta,
+            seg["image"],
+            seg.get("confidence"),
+            lv_label=self.lv_label,
+            memory_check=seg.get("memory_check"),
         )
         self.ledger.verdicts[str(seg["path"])] = report["quality"]["verdict"]
         problem = sr_problem(meta, report)
@@ -352,7 +366,9 @@ class EchoResultWriterOperator(Operator):
             saver = SaveCineResultd(
                 output_dir=tmp, keep_aspect=item["keep_aspect"], write_sr=True, model_file=self.model_file
             )
-            files = saver.write(item["pred"], path, stem, confidence=item.get("confidence"))
+            files = saver.write(
+                item["pred"], path, stem, confidence=item.get("confidence"), memory_check=item.get("memory_check")
+            )
             if "sr" not in files:  # e.g. a DICOM without Study/Series/SOP Instance UIDs
                 reason = json.loads(Path(files["summary"]).read_text()).get("sr_reason")
                 raise InputError(f"no DICOM SR: {reason}")

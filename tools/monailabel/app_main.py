@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import monailabel
+import torch
 from fastapi import HTTPException
 from fastapi.routing import APIRoute
 from monailabel.config import settings
@@ -130,7 +131,20 @@ def check_name(kind: str, value: Any) -> str:
 
 class CineInferTask(BundleInferTask):
     """The bundle's inference; the label is written as NIfTI (``.nii.gz``) also for DICOM, video and MetaImage inputs
-    (MONAI Label would otherwise write it with the input's suffix, e.g. ``.dcm``)."""
+    (MONAI Label would otherwise write it with the input's suffix, e.g. ``.dcm``). After the network, a few frames are
+    segmented again alone (``scripts.memory_check``, the bundle's ``memory_check_frames``) for the verdict of the
+    result JSON, unless the request sent corrections."""
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
+        from scripts.memory_check import DEFAULT_CHECKED_FRAMES, MEMORY_CHECK_KEY, memory_check
+
+        data = super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)
+        frames = int(self.bundle_config.get_parsed_content("memory_check_frames", default=DEFAULT_CHECKED_FRAMES))
+        if frames and data.get("corrections") is None:
+            network = self._get_network(device, data)
+            image = torch.as_tensor(data[self.input_key]).to(torch.device(device))
+            data[MEMORY_CHECK_KEY] = memory_check(network.eval(), image, data[self.output_label_key], frames)
+        return data
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
         path = str(data.get("image_path") or "")

@@ -7,7 +7,8 @@ of the images) and adds ``quality = {"verdict": "ok" | "review" | "reject", "rea
 - ``reject``: the cine is not something this bundle can measure (not ultrasound, Doppler, no LV in most frames, no
   beating heart, no accepted beat): no EF leaves the bundle as a measurement.
 - ``review``: the numbers exist but something a reader must know about makes them doubtful (the LV curve does not
-  follow the heart, the beats disagree, an odd LV shape or place, low network confidence, a broken header): they are
+  follow the heart, the beats disagree, an odd LV shape or place, low network confidence, the memory drifting from
+  the images (:mod:`scripts.memory_check`), a broken header): they are
   reported with the reasons, and marked as such wherever they go.
 - ``ok``: none of the checks fired.
 
@@ -39,6 +40,7 @@ ONE_CYCLE_S = 1.2  # a cine this long holds a cycle at 50 beats/min: without a p
 MIN_CURVE_PERIODICITY = 0.3  # the LV curve's correlation one image period later
 MAX_BEAT_EF_SD = 8.0  # EF points between accepted beats
 MIN_CONFIDENCE_REVIEW, MIN_CONFIDENCE_REJECT = 0.85, 0.6  # median per-frame confidence (see lv_confidence)
+MIN_MEMORY_AGREEMENT = 0.85  # LV Dice between the stepped mask and the same frame segmented alone (worst checked frame)
 ABRUPT_FRAME_FACTOR = 4.0  # a frame differing from both neighbours this many times the median frame change
 DOPPLER_REGION_TYPES = {2: "colour flow", 3: "PW spectral Doppler", 4: "CW spectral Doppler", 5: "Doppler mean trace"}
 
@@ -158,6 +160,7 @@ def cine_quality(
     image_HWT: np.ndarray | None = None,
     confidence_T: Sequence[float] | None = None,
     measured_HWT: np.ndarray | None = None,
+    memory_check: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The verdict on one measured cine (see the module's docstring).
 
@@ -169,6 +172,8 @@ def cine_quality(
         image_HWT: ``[H, W, T]`` grey frames in [0, 1], for the abrupt-frame check.
         confidence_T: ``[T]`` per-frame network confidence (:func:`lv_confidence`).
         measured_HWT: :func:`largest_lv` of ``labels_HWT`` when the caller has it (computed otherwise).
+        memory_check: :func:`scripts.memory_check.memory_check` of the cine (``{"frames", "lv_dice"}``), or
+            ``None`` when it was not run (turned off, corrections given).
 
     Returns:
         ``{"verdict", "reasons": [str], "checks": {name: value}}``.
@@ -249,6 +254,7 @@ def cine_quality(
             found.append(("reject", f"the network is unsure of the LV (confidence {checks['confidence']:.2f})"))
         elif checks["confidence"] < MIN_CONFIDENCE_REVIEW:
             found.append(("review", f"the network is unsure of the LV (confidence {checks['confidence']:.2f})"))
+    found += _memory_reasons(memory_check, checks)
     if image_HWT is not None:
         jumps = abrupt_frames(image_HWT)
         checks["abrupt_frames"] = jumps
@@ -260,6 +266,28 @@ def cine_quality(
     return {"verdict": verdict, "reasons": [r for _, r in found], "checks": checks}
 
 
+def _memory_reasons(memory_check: Mapping[str, Any] | None, checks: dict[str, Any]) -> list[tuple[str, str]]:
+    """``checks["memory_agreement"]`` (the worst checked frame's LV Dice, stepped vs alone; None when not checked)
+    and ``checks["memory_checked_frames"]``; "review" below :data:`MIN_MEMORY_AGREEMENT`."""
+    frames = list((memory_check or {}).get("frames") or [])
+    dice = [float(d) for d in (memory_check or {}).get("lv_dice") or []]
+    if len(frames) != len(dice):
+        raise ValueError(f"memory_check has {len(frames)} frames and {len(dice)} Dice values")
+    checks["memory_checked_frames"] = frames
+    checks["memory_agreement"] = min(dice) if dice else None
+    if not dice or min(dice) >= MIN_MEMORY_AGREEMENT:
+        return []
+    worst = int(np.argmin(dice))
+    low = [f for f, d in zip(frames, dice) if d < MIN_MEMORY_AGREEMENT]
+    return [
+        (
+            "review",
+            f"the memory drifted from the images: frame {frames[worst]} segmented alone differs from the stepped "
+            f"mask (LV Dice {dice[worst]:.2f} < {MIN_MEMORY_AGREEMENT}; {len(low)} of {len(frames)} checked frames)",
+        )
+    ]
+
+
 def measure_cine(
     labels_HWT: np.ndarray,
     spacing_mm: Sequence[float] | None,
@@ -268,6 +296,7 @@ def measure_cine(
     image_HWT: np.ndarray | None = None,
     confidence_T: Sequence[float] | None = None,
     lv_label: int = 1,
+    memory_check: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure one segmented cine and judge it: what every door (bundle, MONAI Label, MONAI Deploy) reports.
 
@@ -282,6 +311,7 @@ def measure_cine(
         meta: the loader's metadata for the source checks.
         image_HWT: ``[H, W, T]`` grey frames in [0, 1] on the labels' grid.
         confidence_T: ``[T]`` per-frame network confidence.
+        memory_check: :func:`scripts.memory_check.memory_check` of the cine, or ``None``.
 
     Returns:
         the :func:`scripts.clinical.cine_report` dict plus ``volumes_calibrated``, ``image_period_frames`` and
@@ -306,7 +336,7 @@ def measure_cine(
     )
     report["volumes_calibrated"] = calibrated
     report["image_period_frames"] = period
-    report["quality"] = cine_quality(report, labels, meta, image_HWT, confidence_T, measured)
+    report["quality"] = cine_quality(report, labels, meta, image_HWT, confidence_T, measured, memory_check)
     return report
 
 
