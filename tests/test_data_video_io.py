@@ -63,6 +63,36 @@ def test_ybr_conversion_by_table_is_pydicoms_own(tmp_path, frames):
         assert np.array_equal(_decode_dicom(ds), pixels.pixel_array(ds)), path
 
 
+def test_colour_jpeg_cines_are_read_as_their_luminance_plane(tmp_path, frames, monkeypatch):
+    """A YBR JPEG-baseline cine is read as the Y plane libjpeg decodes alone (pydicom's Y exactly); against the full
+    decode (RGB, then BT.601 luma) only the RGB's rounding and clipping differ. A frame that does not decode so falls
+    back to the full decoder."""
+    import pydicom
+    from pydicom import examples, pixels
+
+    import scripts.data.video_io as video_io
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (*frames.shape, 3), dtype=np.uint8)  # saturated colours: RGB clipped at 0 and 255
+    colour[..., 0] = frames
+    grey = np.repeat(frames[..., None], 3, axis=-1)
+    paths = [write_dicom(tmp_path / f"{k}.dcm", c, "jpeg") for k, c in (("colour", colour), ("grey", grey))]
+    for path in [*paths, examples.get_path("ybr_color")]:
+        ds = pydicom.dcmread(path)
+        luminance = video_io._jpeg_luminance(ds)
+        assert luminance is not None and np.array_equal(luminance, pixels.pixel_array(ds, as_rgb=False)[..., 0]), path
+        image, _ = load_cine(path, crop_to_region=False)
+        with monkeypatch.context() as m:
+            m.setattr(video_io, "_jpeg_luminance", lambda ds: None)
+            full, _ = load_cine(path, crop_to_region=False)
+        assert np.array_equal(image, np.moveaxis(luminance, 0, -1) / np.float32(255.0)), path
+        levels = np.abs(image - full) * 255
+        assert levels.mean() < 0.6 and (levels.max() <= 1.0 if "grey" in str(path) else True), (path, levels.max())
+    ds = pydicom.dcmread(paths[0])
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]  # frames cut short: not decodable as Y alone
+    assert video_io._jpeg_luminance(ds) is None
+
+
 def test_pydicom_real_a4c_sample():
     from pydicom import examples
 

@@ -18,8 +18,10 @@ from scripts.memory_check import checked_frames, memory_check
 
 
 def test_checked_frames_spread_over_the_cine_without_the_first() -> None:
-    assert checked_frames(17, 8) == [1, 3, 5, 7, 10, 12, 14, 16]  # the last frame (often ES) always in
-    assert checked_frames(4, 8) == [1, 2, 3]  # a short cine: every frame after the first
+    assert checked_frames(17, 8) == [1, 8, 16]  # a half cycle: 3 frames, the last one (often ES) always in
+    assert checked_frames(41, 8) == [1, 11, 20, 30, 40]  # one in 8
+    assert checked_frames(120, 8) == [1, 18, 35, 52, 68, 85, 102, 119] and len(checked_frames(600, 8)) == 8  # at most
+    assert checked_frames(3, 8) == [1, 2]  # a short cine: every frame after the first
     assert checked_frames(1, 8) == [] and checked_frames(30, 0) == []  # nothing to compare; switched off
 
 
@@ -78,7 +80,7 @@ def test_the_bundles_inference_flags_a_network_whose_stepped_masks_drift(tmp_pat
     ``--memory_check_frames 0`` nothing is checked."""
     data = tmp_path / "cines"
     data.mkdir()
-    save_nifti_hwt(phantom(64, 64, 24, seed=3)[0], data / "cine.nii.gz")
+    save_nifti_hwt(phantom(64, 64, 30, seed=3)[0], data / "cine.nii.gz")
     summaries = {}
     for frames in ("8", "0"):
         out = tmp_path / f"out{frames}"
@@ -86,7 +88,7 @@ def test_the_bundles_inference_flags_a_network_whose_stepped_masks_drift(tmp_pat
         assert result.returncode == 0, result.stderr[-3000:]
         summaries[frames] = json.loads((out / "cine_seg.json").read_text())["quality"]
     checked = summaries["8"]
-    assert checked["checks"]["memory_checked_frames"] == checked_frames(24, 8)
+    assert checked["checks"]["memory_checked_frames"] == checked_frames(30, 8)
     assert checked["checks"]["memory_agreement"] < MIN_MEMORY_AGREEMENT and checked["verdict"] == "review"
     assert any(r.startswith("the memory drifted from the images: frame ") for r in checked["reasons"])
     assert (

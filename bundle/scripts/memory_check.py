@@ -9,12 +9,14 @@ it), with the same weights, and gives the LV Dice between those masks and the st
 :func:`scripts.clinical.quality.cine_quality` turns a low agreement into the verdict "review" (one of the two is
 wrong; a reader must look) and reports it in ``checks["memory_agreement"]``.
 
-Cost: ``frames`` extra frames per cine (twice that with the warm start), folded into one batch. Frame 0 is not
-checked (it is segmented alone in both runs).
+Cost: one frame in :data:`FRAMES_PER_CHECK` segmented again (at least :data:`MIN_CHECKED_FRAMES`, at most
+``frames``; twice each with the warm start), folded into one batch. Frame 0 is not checked (it is segmented alone in
+both runs).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -23,14 +25,19 @@ import torch
 __all__ = ["DEFAULT_CHECKED_FRAMES", "MEMORY_CHECK_KEY", "checked_frames", "memory_check"]
 
 MEMORY_CHECK_KEY = "memory_check"  # the item key the doors put the result under, for the measurement
-DEFAULT_CHECKED_FRAMES = 8  # frames per cine segmented alone (``memory_check_frames`` of the configs; 0: off)
+DEFAULT_CHECKED_FRAMES = 8  # at most this many frames per cine segmented alone (``memory_check_frames``; 0: off)
+FRAMES_PER_CHECK = 8  # one checked frame for every this many frames of the cine ...
+MIN_CHECKED_FRAMES = 3  # ... but at least this many (a half cycle of 16 frames: 3)
 
 
 def checked_frames(n_frames: int, count: int = DEFAULT_CHECKED_FRAMES) -> list[int]:
-    """Up to ``count`` frames spread evenly over frames ``1 .. n_frames - 1``, the last frame included."""
+    """The frames to check: one for every :data:`FRAMES_PER_CHECK` frames of the cine, at least
+    :data:`MIN_CHECKED_FRAMES` and at most ``count``, spread evenly over frames ``1 .. n_frames - 1`` with the last
+    frame (where a drift has gone furthest) always among them."""
     if count <= 0 or n_frames < 2:
         return []
-    picks = np.linspace(1, n_frames - 1, min(int(count), n_frames - 1)).round().astype(int)
+    wanted = min(int(count), max(MIN_CHECKED_FRAMES, math.ceil((n_frames - 1) / FRAMES_PER_CHECK)), n_frames - 1)
+    picks = np.linspace(1, n_frames - 1, wanted).round().astype(int)
     return sorted({int(p) for p in picks})
 
 
@@ -56,7 +63,7 @@ def memory_check(
             ``[B, C, H, W, T]`` and giving ``[B, K, H, W, T]`` logits), in eval mode.
         video_1CHWT: ``[1, C, H, W, T]`` (or ``[C, H, W, T]``) the preprocessed cine the network stepped.
         stepped_logits_KHWT: ``[K, H, W, T]`` (or ``[1, K, H, W, T]``) its logits.
-        frames: how many frames to check (see :func:`checked_frames`); 0 turns the check off.
+        frames: at most this many frames to check (see :func:`checked_frames`); 0 turns the check off.
         lv_label: the LV's class.
 
     Returns:

