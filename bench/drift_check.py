@@ -133,7 +133,7 @@ def table(results: dict[str, dict[str, Any]], threshold: float, frames: int) -> 
     lines = [
         f"| checkpoint | set | cines | flagged (< {threshold}) | memory lost (>= 5 pts) | lost & flagged | "
         "flagged, not lost | worst agreement | memory / alone, flagged | memory / alone, not flagged | "
-        f"check time / stepping ({frames} frames) |",
+        f"check time / stepping (1 frame in 8, 3 to {frames}) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, sets in results.items():
