@@ -125,3 +125,18 @@ def test_build_writes_a_camus_test_set(tmp_path: Path) -> None:
 def test_contraction_runs_ed_to_es() -> None:
     states = contraction(13)
     assert states[0] == 0.0 and states[-1] == pytest.approx(1.0) and np.all(np.diff(states) > 0)
+
+
+def test_the_cache_stamp_follows_only_the_code_that_writes_the_set(tmp_path) -> None:
+    """Editing the report or the checks keeps the cached set; editing the phantom, imaging or build code rebuilds."""
+    from bench.physics.build import DATA_SOURCES
+    from scripts.synthetic.writers import source_version
+
+    assert all((REPO_ROOT / "bench" / "physics" / name).is_file() for name in DATA_SOURCES)
+    (tmp_path / "writes.py").write_text("A = 1\n")
+    (tmp_path / "reports.py").write_text("B = 1\n")
+    before = source_version(tmp_path, ["writes.py"])
+    (tmp_path / "reports.py").write_text("B = 2\n")
+    assert source_version(tmp_path, ["writes.py"]) == before
+    (tmp_path / "writes.py").write_text("A = 2\n")
+    assert source_version(tmp_path, ["writes.py"]) != before
