@@ -140,3 +140,21 @@ def test_the_cache_stamp_follows_only_the_code_that_writes_the_set(tmp_path) -> 
     assert source_version(tmp_path, ["writes.py"]) == before
     (tmp_path / "writes.py").write_text("A = 2\n")
     assert source_version(tmp_path, ["writes.py"]) != before
+
+
+def test_pymust_warnings_are_dropped_and_no_other_log_line(caplog) -> None:
+    """The scanner silences PyMUST's root-logger warnings only: the root logger's level and other records stay."""
+    import logging
+
+    from bench.physics.imaging import _quiet_pymust
+
+    level = logging.getLogger().level
+    _quiet_pymust()
+    _quiet_pymust()
+    assert logging.getLogger().level == level
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger().handle(
+            logging.LogRecord("root", logging.WARNING, "/x/site-packages/pymust/simus.py", 1, "aliasing", None, None)
+        )
+        logging.warning("the bench's own warning")
+    assert [r.getMessage() for r in caplog.records] == ["the bench's own warning"]

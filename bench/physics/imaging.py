@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -46,13 +47,27 @@ class Imaging:
         return x, z
 
 
+class _DropPyMUST(logging.Filter):
+    """Drops the records PyMUST logs through the root logger (``logging.warning`` on every call of its beamformer)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pymust" not in Path(record.pathname).parts
+
+
+def _quiet_pymust() -> None:
+    """PyMUST's root-logger warnings off, everything else's left as it is (once per process)."""
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropPyMUST) for f in root.filters):
+        root.addFilter(_DropPyMUST())
+
+
 class Scanner:
     """A simulated scanner for one :class:`Imaging` set-up (the beamforming matrices are built on first use)."""
 
     def __init__(self, imaging: Imaging) -> None:
         import pymust
 
-        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # PyMUST warns through root
+        _quiet_pymust()
         self.imaging = imaging
         self.param = pymust.getparam("P4-2v")
         self.param.fs = 4 * self.param.fc
