@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -123,8 +124,11 @@ def _payload() -> dict:
                 m = copy.deepcopy(metrics)
                 m["dice"] -= 0.05 * per_frame - 0.002 * seed
                 m["dice_occluded"] -= 0.2 * per_frame - 0.003 * seed
+                if not per_frame:  # the same weights with the state reset before every frame
+                    m.update(dice_reset=m["dice"] - 0.01, dice_occluded_reset=m["dice_occluded"] - 0.02)
                 if name == "clean":
                     m.update(dice_occluded=None, dice_visible=m["dice"], hd95_occluded_mm=None, n_frames_occluded=0)
+                    m.update(dice_occluded_reset=None)
                 test[name] = m
             runs.append(
                 {"row": spec.name, "label": spec.label, "seed": seed, "params_m": 3.0, "train_s": 10.0}
@@ -180,3 +184,34 @@ def test_docs_page_has_both_splits_and_the_memory_finding(tmp_path: Path) -> Non
         "n_frames_before_sampling": 6,
         "n_regenerated": 1,
     }
+
+
+def test_each_memory_row_is_set_against_its_own_weights_with_the_state_reset(tmp_path: Path) -> None:
+    """The memory rows' tables and findings carry the same weights with the state reset before every frame; the
+    per-frame rows have nothing to reset (n/a)."""
+    payload = _payload()
+    summarise(payload)
+    hard = payload["tables"]["hard"]
+    assert "Dice, state reset (same weights)" in hard and "Dice occluded, state reset" in hard
+    assert "Dice occluded, state reset" not in payload["tables"]["clean"]
+    unet = next(line for line in hard.splitlines() if line.startswith(f"| {ROWS[7].label} "))
+    assert unet.count("n/a") == 2
+    lines = [f for f in payload["findings"] if "against the state reset per frame" in f]
+    assert len(lines) == 4  # two memory rows x two splits
+    hard_line = next(f for f in lines if f.startswith(f"hard: {ROWS[4].label}:"))
+    assert "+0.010" in hard_line and "occluded frames +0.020" in hard_line
+
+
+def test_frames_alone_prediction_is_a_loop_over_one_frame_clips() -> None:
+    """``predict(..., frames_alone=True)`` segments each frame as a clip of one frame, with the same weights."""
+    from bench.accuracy.train import predict
+    from scripts.gdkvm import GDKVM
+
+    torch.manual_seed(0)
+    model = GDKVM(size="small", out_channels=2).eval()
+    images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 4), dtype=np.uint8)
+    alone = predict(model, images, torch.device("cpu"), batch=2, amp=False, frames_alone=True)
+    for n in range(3):
+        for t in range(4):
+            one = predict(model, images[n : n + 1, ..., t : t + 1], torch.device("cpu"), batch=1, amp=False)
+            assert np.array_equal(alone[n, ..., t], one[0, ..., 0]), (n, t)

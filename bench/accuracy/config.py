@@ -119,6 +119,7 @@ ROWS: tuple[RowSpec, ...] = (
 )
 REFERENCE_ROW = "gdkvm-gated_delta"
 MEMORY_KINDS = ("gdkvm", "softmax")
+RESET_SUFFIX = "_reset"  # test metrics of a memory row's weights with the state reset before every frame
 
 
 def generator_digest() -> str:

@@ -1,5 +1,6 @@
-"""Findings computed from the aggregated numbers: rankings, the paper's row against the others, and whether the
-memory rows beat the per-frame baselines on occluded frames by more than the seed spread."""
+"""Findings computed from the aggregated numbers: rankings, the paper's row against the others, whether the
+memory rows beat the per-frame baselines on occluded frames by more than the seed spread, and what each memory row's
+memory is worth against its own weights with the state reset before every frame."""
 
 from __future__ import annotations
 
@@ -115,9 +116,27 @@ def findings(summary: list[dict[str, Any]], splits: tuple[str, ...]) -> list[str
                 if e is not reference:
                     diff, _, verdict = versus(e["test"][split][key], reference["test"][split][key])
                     lines.append(f"{split}: {e['label']}: {what} {diff:+.3f} against {reference['label']} ({verdict}).")
+    lines += reset_lines(summary, splits)
     if max(e["n_seeds"] for e in summary) < 2:
         lines.append("One seed only: no seed SD, so small differences cannot be told from noise (run --seeds 0 1 2).")
     return lines + _failures(summary)
+
+
+def reset_lines(summary: list[dict[str, Any]], splits: tuple[str, ...]) -> list[str]:
+    """What each memory row's memory is worth with everything else equal: its Dice against the same weights with the
+    state reset before every frame (``dice_reset``), on every frame and on the occluded frames, per split."""
+    lines = []
+    for split in splits:
+        for e in _scored(summary, split, "dice_reset"):
+            t = e["test"][split]
+            diff, _, verdict = versus(t["dice"], t["dice_reset"])
+            text = f"{split}: {e['label']}: memory {t['dice']['mean']:.3f} against the state reset per frame "
+            text += f"{t['dice_reset']['mean']:.3f} (same weights): {diff:+.3f}, {verdict}"
+            if t["dice_occluded"]["n"] > 0 and t["dice_occluded_reset"]["n"] > 0:
+                occluded, _, _ = versus(t["dice_occluded"], t["dice_occluded_reset"])
+                text += f"; occluded frames {occluded:+.3f}"
+            lines.append(text + ".")
+    return lines
 
 
 def _failures(summary: list[dict[str, Any]]) -> list[str]:

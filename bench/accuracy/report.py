@@ -23,6 +23,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("dice", "Dice", "{:.3f}"),
     ("dice_occluded", "Dice occluded", "{:.3f}"),
     ("dice_visible", "Dice visible", "{:.3f}"),
+    ("dice_reset", "Dice, state reset (same weights)", "{:.3f}"),
+    ("dice_occluded_reset", "Dice occluded, state reset", "{:.3f}"),
     ("iou", "IoU", "{:.3f}"),
     ("hd95_mm", "HD95 (mm)", "{:.2f}"),
     ("hd95_occluded_mm", "HD95 occluded (mm)", "{:.2f}"),
@@ -36,7 +38,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("train_s", "Train (s)", "{:.0f}"),
     ("cpu_fps", "CPU fps", "{:.1f}"),
 )
-OCCLUSION_KEYS = ("dice_occluded", "dice_visible", "hd95_occluded_mm")
+OCCLUSION_KEYS = ("dice_occluded", "dice_visible", "hd95_occluded_mm", "dice_occluded_reset")
 SPLIT_KEYS = tuple(c[0] for c in COLUMNS if c[0] not in ROW_KEYS) + ("ef_mae", "n_frames_occluded")
 NO_SD = ("params_m", "cpu_fps", "area_change_gt_mm2")
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import SPLIT_GENERATOR_ARGS, TEST_SPLITS, Budget, RowSpec, SplitConfig
+from .config import MEMORY_KINDS, RESET_SUFFIX, SPLIT_GENERATOR_ARGS, TEST_SPLITS, Budget, RowSpec, SplitConfig
 from .data import draw_batches, occlusion_stats
 from .evaluate import cpu_frames_per_s, evaluate_job, reference_job, stream_frames
 from .report import machine_description, write_json
@@ -100,7 +100,7 @@ def run_rows(
         "runs": [],
     }
     print(f"budget: {payload['budget_text']}", flush=True)
-    pending: list[tuple[dict[str, Any], str, Any]] = []
+    pending: list[tuple[dict[str, Any], str, str, Any]] = []
     cpu_models: dict[str, tuple[int, nn.Module]] = {}
     total = len(rows) * len(args.seeds)
     done = 0
@@ -122,7 +122,10 @@ def run_rows(
                 start = time.perf_counter()
                 for name in TEST_SPLITS:
                     pred = predict(model, data[f"{name}_image"], device, budget.batch, budget.amp_bf16)
-                    pending.append((record, name, pool.apply_async(evaluate_job, (name, pred))))
+                    pending.append((record, name, "", pool.apply_async(evaluate_job, (name, pred))))
+                    if spec.kind in MEMORY_KINDS:  # the same weights with the state reset before every frame
+                        alone = predict(model, data[f"{name}_image"], device, budget.batch, budget.amp_bf16, True)
+                        pending.append((record, name, RESET_SUFFIX, pool.apply_async(evaluate_job, (name, alone))))
                 record["test_inference_s"] = time.perf_counter() - start
                 if spec.name not in cpu_models:
                     cpu_models[spec.name] = (seed, copy.deepcopy(model).to("cpu", torch.float32).eval())
@@ -165,17 +168,26 @@ def run_rows(
     return payload
 
 
-def collect_evaluations(pending: list[tuple[dict[str, Any], str, Any]], block: bool) -> None:
-    """Merge finished test evaluations into ``record["test"][split]`` (all of them, waiting, with ``block``)."""
+def collect_evaluations(pending: list[tuple[dict[str, Any], str, str, Any]], block: bool) -> None:
+    """Merge finished test evaluations into ``record["test"][split]`` (all of them, waiting, with ``block``); an
+    evaluation with a ``suffix`` (the state-reset predictions, :data:`RESET_SUFFIX`) adds its Dice keys with that
+    suffix."""
     for item in list(pending):
-        record, split, result = item
+        record, split, suffix, result = item
         if not block and not result.ready():
             continue
         pending.remove(item)
         try:
-            record.setdefault("test", {})[split] = m = result.get()
+            m = result.get()
+            metrics = record.setdefault("test", {}).setdefault(split, {})
+            if suffix:
+                metrics.update({f"{k}{suffix}": m[k] for k in ("dice", "dice_occluded", "dice_visible")})
+                print(f"{record['tag']}: {split}, state reset per frame: Dice {m['dice']:.3f} "
+                      f"(occluded frames {m['dice_occluded']:.3f})", flush=True)  # fmt: skip
+                continue
+            metrics.update(m)
         except Exception as error:
-            record.update(failed=True, error=f"evaluation ({split}): {type(error).__name__}: {error}")
+            record.update(failed=True, error=f"evaluation ({split}{suffix}): {type(error).__name__}: {error}")
             print(f"{record['tag']}: evaluation FAILED {record['error']}", flush=True)
             continue
         print(

@@ -26,13 +26,27 @@ def autocast(device: torch.device, enabled: bool) -> Any:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images_NHWT: np.ndarray, device: torch.device, batch: int, amp: bool) -> np.ndarray:
-    """Label maps ``[N, H, W, T]`` uint8 (argmax) of every clip, ``batch`` clips at a time."""
+def predict(
+    model: nn.Module,
+    images_NHWT: np.ndarray,
+    device: torch.device,
+    batch: int,
+    amp: bool,
+    frames_alone: bool = False,
+) -> np.ndarray:
+    """Label maps ``[N, H, W, T]`` uint8 (argmax) of every clip, ``batch`` clips at a time.
+
+    ``frames_alone``: every frame segmented as a one-frame clip (the state reset before each frame, as inference
+    segments a cine's first frame; ``scripts.training.PerFrameInferer``): the same weights without their memory.
+    """
+    from scripts.training import PerFrameInferer
+
     model.eval()
     out = []
     for start in range(0, len(images_NHWT), batch):
+        video = to_video(images_NHWT[start : start + batch], device)
         with autocast(device, amp):
-            logits = model(to_video(images_NHWT[start : start + batch], device))
+            logits = PerFrameInferer()(video, model) if frames_alone else model(video)
         out.append(logits.float().argmax(dim=1).to(torch.uint8).cpu().numpy())
     return np.concatenate(out)
 
