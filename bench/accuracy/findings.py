@@ -14,7 +14,7 @@ def versus(a: dict[str, float], b: dict[str, float]) -> tuple[float, float, str]
     """``a - b`` of two :func:`report.stat` means, the larger seed SD, and a verdict in words."""
     diff = a["mean"] - b["mean"]
     spread = max([x for x in (a["sd"], b["sd"]) if math.isfinite(x)], default=math.nan)
-    direction = "higher" if diff > 0 else "lower" if diff < 0 else "equal"
+    direction = "higher" if diff >= 0.0005 else "lower" if diff <= -0.0005 else "equal at three decimals"
     if not math.isfinite(spread):  # one seed: the findings say once that there is no spread to compare with
         return diff, spread, direction
     if abs(diff) <= spread:
