@@ -160,10 +160,10 @@ class CineEvaluator(RunRecords, SupervisedEvaluator):
             written when its last frame is done; an iteration then hands the writers the cines that finished during
             it, and the rest are drained at the end. Cines with a user's corrections, and networks without GDKVM's
             fixed-size state, are segmented one by one as with 1.
-        memory_check_frames: frames of each cine segmented again alone by the same network
-            (:func:`scripts.memory_check.memory_check`; ``inference.json``: ``memory_check_frames``), handed to the
-            writer as ``item["memory_check"]`` for the verdict; 0 turns it off. Cines with a user's corrections are
-            not checked (their stepped masks follow the drawn ones on purpose).
+        memory_check_frames: at most this many frames of each cine (one in 8, at least 3) segmented again alone by
+            the same network (:func:`scripts.memory_check.memory_check`; ``inference.json``: ``memory_check_frames``),
+            handed to the writer as ``item["memory_check"]`` for the verdict; 0 turns it off. Cines with a user's
+            corrections are not checked (their stepped masks follow the drawn ones on purpose).
         Other arguments: as ``monai.engines.SupervisedEvaluator``.
     """
 
