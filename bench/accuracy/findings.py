@@ -123,18 +123,24 @@ def findings(summary: list[dict[str, Any]], splits: tuple[str, ...]) -> list[str
 
 
 def reset_lines(summary: list[dict[str, Any]], splits: tuple[str, ...]) -> list[str]:
-    """What each memory row's memory is worth with everything else equal: its Dice against the same weights with the
-    state reset before every frame (``dice_reset``), on every frame and on the occluded frames, per split."""
+    """What each memory row's memory is worth with everything else equal: its Dice minus the same weights' Dice with
+    the state reset before every frame, paired per seed (``memory_gain``), on every frame and on the occluded frames,
+    per split."""
+
+    def gain(s: dict[str, float]) -> str:
+        if not math.isfinite(s["sd"]):
+            return f"{s['mean']:+.3f}"
+        size = "more than" if abs(s["mean"]) > s["sd"] else "within"
+        return f"{s['mean']:+.3f} ± {s['sd']:.3f} ({size} its seed SD)"
+
     lines = []
     for split in splits:
-        for e in _scored(summary, split, "dice_reset"):
+        for e in _scored(summary, split, "memory_gain"):
             t = e["test"][split]
-            diff, _, verdict = versus(t["dice"], t["dice_reset"])
             text = f"{split}: {e['label']}: memory {t['dice']['mean']:.3f} against the state reset per frame "
-            text += f"{t['dice_reset']['mean']:.3f} (same weights): {diff:+.3f}, {verdict}"
-            if t["dice_occluded"]["n"] > 0 and t["dice_occluded_reset"]["n"] > 0:
-                occluded, _, _ = versus(t["dice_occluded"], t["dice_occluded_reset"])
-                text += f"; occluded frames {occluded:+.3f}"
+            text += f"{t['dice_reset']['mean']:.3f} (same weights): {gain(t['memory_gain'])}"
+            if t["memory_gain_occluded"]["n"] > 0:
+                text += f"; occluded frames {gain(t['memory_gain_occluded'])}"
             lines.append(text + ".")
     return lines
 

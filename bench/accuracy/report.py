@@ -41,6 +41,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 OCCLUSION_KEYS = ("dice_occluded", "dice_visible", "hd95_occluded_mm", "dice_occluded_reset")
 SPLIT_KEYS = tuple(c[0] for c in COLUMNS if c[0] not in ROW_KEYS) + ("ef_mae", "n_frames_occluded")
 NO_SD = ("params_m", "cpu_fps", "area_change_gt_mm2")
+# paired per seed: a memory row's Dice minus its own weights' Dice with the state reset before every frame
+GAIN_KEYS = {"memory_gain": ("dice", "dice_reset"), "memory_gain_occluded": ("dice_occluded", "dice_occluded_reset")}
 
 
 def stat(values: list[Any]) -> dict[str, float]:
@@ -73,8 +75,17 @@ def aggregate(runs: list[dict[str, Any]], splits: tuple[str, ...]) -> list[dict[
             split: {key: stat([r.get("test", {}).get(split, {}).get(key) for r in ok]) for key in SPLIT_KEYS}
             for split in splits
         }
+        for split in splits:  # the memory's worth per seed (same weights, state reset), then over seeds
+            for gain, (with_memory, reset) in GAIN_KEYS.items():
+                pairs = [r.get("test", {}).get(split, {}) for r in ok]
+                entry["test"][split][gain] = stat([_difference(p.get(with_memory), p.get(reset)) for p in pairs])
         out.append(entry)
     return out
+
+
+def _difference(a: Any, b: Any) -> float | None:
+    """``a - b``, or None when either is missing."""
+    return None if a is None or b is None else float(a) - float(b)
 
 
 def has_occlusion(summary: list[dict[str, Any]], split: str) -> bool:
