@@ -129,17 +129,16 @@ def test_contraction_runs_ed_to_es() -> None:
 
 def test_the_cache_stamp_follows_only_the_code_that_writes_the_set(tmp_path) -> None:
     """Editing the report or the checks keeps the cached set; editing the phantom, imaging or build code rebuilds."""
-    from bench.physics.build import DATA_SOURCES
-    from scripts.synthetic.writers import source_version
+    from bench.physics.build import DATA_SOURCES, package_version
 
-    assert all((REPO_ROOT / "bench" / "physics" / name).is_file() for name in DATA_SOURCES)
-    (tmp_path / "writes.py").write_text("A = 1\n")
-    (tmp_path / "reports.py").write_text("B = 1\n")
-    before = source_version(tmp_path, ["writes.py"])
-    (tmp_path / "reports.py").write_text("B = 2\n")
-    assert source_version(tmp_path, ["writes.py"]) == before
-    (tmp_path / "writes.py").write_text("A = 2\n")
-    assert source_version(tmp_path, ["writes.py"]) != before
+    for name in (*DATA_SOURCES, "page.py"):
+        (tmp_path / name).write_text(f"# {name}\n")
+    before = package_version(tmp_path)
+    (tmp_path / "page.py").write_text("# the page, edited\n")
+    assert package_version(tmp_path) == before
+    (tmp_path / "imaging.py").write_text("# the imaging, edited\n")
+    assert package_version(tmp_path) != before
+    assert package_version() != package_version(tmp_path)  # this package's own files
 
 
 def test_pymust_warnings_are_dropped_and_no_other_log_line(caplog) -> None:

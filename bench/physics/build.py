@@ -29,12 +29,17 @@ VIEW = "4CH"
 DATA_SOURCES = ("phantom.py", "imaging.py", "build.py")  # the code that writes the set (not the checks, the page)
 
 
-def package_version() -> str:
-    """Short sha1 of the code that writes the set (:data:`DATA_SOURCES`): a cache written by other code is rebuilt,
-    an edit of the memory check, the page or the command line does not rebuild it."""
-    from scripts.synthetic.writers import source_version
+def package_version(folder: Path | None = None) -> str:
+    """Short sha1 of the code that writes the set (:data:`DATA_SOURCES` in ``folder``, default this package's): a
+    cache written by other code is rebuilt, an edit of the memory check, the page or the command line does not
+    rebuild it."""
+    import hashlib
 
-    return source_version(Path(__file__).parent, DATA_SOURCES)
+    digest = hashlib.sha1()
+    for name in DATA_SOURCES:
+        digest.update(name.encode())
+        digest.update(((folder or Path(__file__).parent) / name).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def case_bases(n_cases: int) -> list[str]:

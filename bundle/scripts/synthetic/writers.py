@@ -43,14 +43,12 @@ def _write_text(path: Path, text: str) -> None:
 STAMP_FILE = "synthetic_generator.json"
 
 
-def source_version(folder: str | Path, names: Sequence[str] | None = None) -> str:
-    """Short sha1 of the ``*.py`` files in ``folder`` (names and contents), or of the files ``names`` there only (the
-    code that writes the data, not the code that reads or reports it): data written by other code differs."""
+def source_version(folder: str | Path) -> str:
+    """Short sha1 of the ``*.py`` files in ``folder`` (names and contents): data written by other code differs."""
     import hashlib
 
     digest = hashlib.sha1()
-    paths = [Path(folder) / n for n in names] if names is not None else Path(folder).glob("*.py")
-    for path in sorted(paths):
+    for path in sorted(Path(folder).glob("*.py")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
